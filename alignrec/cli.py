@@ -1,0 +1,72 @@
+"""The ``alignrec`` command line.
+
+Each command is a thin wrapper over a library function; heavy imports happen
+inside the commands so that ``alignrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from alignrec.env import set_offline
+from alignrec.errors import AlignRecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the registered datasets."""
+    from alignrec.data.registry import list_datasets
+
+    for name, path in list_datasets().items():
+        typer.echo(f"{name}\t{path}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: str = typer.Argument(..., help="registered dataset name"),
+    force: bool = typer.Option(False, help="rebuild even if the tables are up to date"),
+) -> None:
+    """Build the canonical tables of a dataset and print its counts."""
+    from alignrec.data.prepare import prepare
+
+    result = prepare(name, force=force)
+    _print_table(
+        [(k, f"{v:,}") for k, v in result.summary().items()],
+        header=("", name),
+    )
+    for key, value in sorted(result.meta.get("fallbacks", {}).items()):
+        if value:
+            typer.echo(f"note: {key}: {value}")
+    typer.echo(f"tables: {result.meta['folder']}")
+
+
+def _print_table(rows: list[tuple], header: tuple | None = None) -> None:
+    rows = [tuple(str(c) for c in r) for r in rows]
+    if header:
+        rows = [tuple(str(c) for c in header), *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        typer.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if header and n == 0:
+            typer.echo("  ".join("-" * w for w in widths))
+
+
+def main() -> None:
+    set_offline()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except AlignRecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Where the library finds dataset specs and writes artifacts.
+
+Nothing here depends on the current directory: defaults are anchored at the
+project root (the folder holding ``pyproject.toml`` above this package), and the
+environment variables ``ALIGNREC_HOME`` (artifacts) and ``ALIGNREC_DATASETS``
+(extra folders of dataset YAMLs, ``os.pathsep``-separated) override them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+
+
+def artifacts_root() -> Path:
+    """Root folder of every generated artifact (canonical tables, features, runs)."""
+    return Path(os.environ.get("ALIGNREC_HOME", PROJECT_ROOT / "artifacts")).resolve()
+
+
+def dataset_dirs() -> list[Path]:
+    """Folders searched for dataset YAMLs, in priority order."""
+    dirs = [Path(p) for p in os.environ.get("ALIGNREC_DATASETS", "").split(os.pathsep) if p]
+    dirs.append(PROJECT_ROOT / "datasets")
+    return [d.resolve() for d in dirs]
+
+
+def dataset_artifacts(name: str) -> Path:
+    """Folder of one dataset's canonical tables."""
+    return artifacts_root() / "datasets" / name

@@ -1,0 +1,43 @@
+"""Shared fixtures: every test runs offline with artifacts in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from alignrec.env import set_offline
+
+set_offline()
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = PROJECT_ROOT / "data"
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+    """Artifacts of each test go to a fresh folder, never the project's own."""
+    home = tmp_path_factory.mktemp("alignrec_home")
+    monkeypatch.setenv("ALIGNREC_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def synthetic_spec(tmp_path, monkeypatch) -> str:
+    """Register a tiny generated dataset named ``tiny`` and return its name."""
+    from alignrec.data.synthetic import generate, write_spec
+
+    root = generate(tmp_path / "raw", users=24, items=18, per_user=8, seed=3)
+    write_spec(tmp_path / "specs", root, name="tiny")
+    monkeypatch.setenv("ALIGNREC_DATASETS", str(tmp_path / "specs"))
+    return "tiny"
+
+
+def needs_data(name: str):
+    """Skip a smoke test when the real dataset has not been pulled with DVC."""
+    return pytest.mark.skipif(
+        not (DATA_ROOT / name).is_dir(), reason=f"data/{name} not pulled (run `dvc pull`)"
+    )

@@ -1,0 +1,122 @@
+"""The broken-input corpus (tests/corpus): every case fails clearly or falls back, counted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from alignrec.data import prepare
+from alignrec.errors import ConfigError, DataError
+from alignrec.paths import dataset_artifacts
+from tests.conftest import CORPUS
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """A writable copy of the corpus, registered as datasets named after the folders."""
+    root = tmp_path / "corpus"
+    shutil.copytree(CORPUS, root)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for case in root.iterdir():
+        if (case / "dataset.yaml").is_file():
+            text = (case / "dataset.yaml").read_text().replace("root: .", f"root: {case}")
+            (specs / f"{case.name}.yaml").write_text(text)
+    monkeypatch.setenv("ALIGNREC_DATASETS", str(specs))
+    return root
+
+
+def error_of(name: str, kind=DataError) -> str:
+    with pytest.raises(kind) as info:
+        prepare(name)
+    assert not (dataset_artifacts(name) / "meta.json").exists(), "a failed prepare wrote output"
+    return str(info.value)
+
+
+def test_base_is_clean(corpus):
+    ds = prepare("base")
+    assert ds.summary()["interactions"] == 16
+    assert sum(ds.meta["fallbacks"].values()) == 0
+    assert ds.features["tags"].shape == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("case", "parts"),
+    [
+        ("truncated_row", ["interactions.csv", "row 3", "truncated row"]),
+        ("nonnumeric_id", ["interactions.csv", "row 5", "field 'user'", "'u7' is not an integer"]),
+        ("empty_id", ["interactions.csv", "row 2", "field 'item'", "empty id"]),
+        ("unknown_item", ["interactions.csv", "row 6", "field 'item'", "'99'", "not in the items file"]),
+        ("non_utf8_text", ["items.csv", "row 2", "not valid utf-8"]),
+        ("nan_feature", ["tags.npy", "row 2", "field 'column 1'", "not finite"]),
+        ("wrong_rows_feature", ["tags.npy", "4 rows", "names 5 ids"]),
+        ("missing_file", ["items.csv", "file not found"]),
+    ],
+)
+def test_errors_name_file_row_and_field(corpus, case, parts):
+    message = error_of(case)
+    for part in parts:
+        assert part in message, f"{part!r} missing from: {message}"
+    assert str(corpus / case) in message
+
+
+def test_misspelled_key_names_key_and_suggests(corpus):
+    message = error_of("misspelled_key", ConfigError)
+    assert "misspelled_key.yaml" in message
+    assert "unknown key 'interations'" in message
+    assert "did you mean 'interactions'" in message
+
+
+def test_unknown_dataset_lists_known_ones(corpus):
+    message = error_of("bsae", ConfigError)
+    assert "unknown dataset 'bsae'" in message
+    assert "Did you mean 'base'" in message
+
+
+def test_wrong_config_value(corpus):
+    spec = corpus / "base" / "dataset.yaml"
+    text = spec.read_text().replace(f"root: {corpus / 'base'}", "")
+    bad = spec.with_name("bad.yaml")
+    bad.write_text(text + "split: {core: -2}\n")
+    from alignrec.data.spec import load_spec
+
+    with pytest.raises(ConfigError) as info:
+        load_spec(bad)
+    assert "split.core" in str(info.value) and "bad.yaml" in str(info.value)
+
+
+def test_duplicated_rows_are_dropped_and_counted(corpus):
+    ds = prepare("duplicated_rows")
+    assert ds.meta["fallbacks"]["duplicate_interactions_dropped"] == 2
+    assert ds.summary()["interactions"] == 16
+    assert not ds.interactions.duplicated(["user", "item"]).any()
+
+
+def test_corrupt_jpeg_falls_back_to_no_image(corpus, caplog):
+    ds = prepare("corrupt_jpeg")
+    assert ds.meta["fallbacks"]["images_corrupt"] == 1
+    by_id = dict(zip(ds.items["item_id"], ds.items["image"], strict=True))
+    assert pd.isna(by_id["3"]) and isinstance(by_id["2"], str)
+    assert any("3.jpg" in r.getMessage() and "does not decode" in r.getMessage() for r in caplog.records)
+
+
+def test_empty_text_falls_back_and_is_counted(corpus):
+    ds = prepare("empty_text")
+    assert ds.meta["fallbacks"]["items_with_empty_text"] == 1
+    assert ds.items.set_index("item_id").loc["4", "text"] == ""
+
+
+def test_failed_prepare_keeps_last_good_tables(corpus):
+    good = prepare("base")
+    meta_before = (dataset_artifacts("base") / "meta.json").read_text()
+    # Break the data after a good build: the rebuild fails and the old tables stay.
+    (corpus / "base" / "interactions.csv").write_text("user,item,timestamp\n1,2\n")
+    with pytest.raises(DataError):
+        prepare("base")
+    assert (dataset_artifacts("base") / "meta.json").read_text() == meta_before
+    assert json.loads(meta_before)["interactions"] == good.summary()["interactions"]
+    leftovers = [p.name for p in dataset_artifacts("base").parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
