@@ -201,3 +201,34 @@ def ensure_generated(spec: DatasetSpec) -> None:
     if not marker.is_file():
         s = spec.synthetic
         generate(spec.root, users=s.users, items=s.items, per_user=s.per_user, seed=s.seed)
+
+
+# ------------------------------------------------------------------ raw tables
+# The orchestration keeps the raw tables as their own artifact so that they can
+# be validated before the canonical tables are built from them.
+
+RAW_DIR = "raw"
+
+
+def write_raw(raw: RawData, folder: Path) -> None:
+    """Write raw tables (and features with their row ids) atomically into ``folder``."""
+    with io.atomic_path(folder, is_dir=True) as tmp:
+        raw.interactions.to_parquet(tmp / "interactions.parquet", index=False)
+        raw.items.to_parquet(tmp / "items.parquet", index=False)
+        for mod, (ids, mat) in raw.features.items():
+            np.save(tmp / f"{mod}.npy", mat)
+            (tmp / f"{mod}.ids.txt").write_text("\n".join(ids) + "\n")
+        (tmp / "fallbacks.json").write_text(json.dumps(dict(raw.fallbacks), indent=2) + "\n")
+
+
+def read_raw_tables(folder: Path, spec: DatasetSpec) -> RawData:
+    """Read what :func:`write_raw` wrote."""
+    inter = pd.read_parquet(folder / "interactions.parquet")
+    items = pd.read_parquet(folder / "items.parquet")
+    items["image"] = items["image"].astype(object).where(items["image"].notna(), None)
+    features = {}
+    for mod in spec.features:
+        ids = (folder / f"{mod}.ids.txt").read_text().split()
+        features[mod] = (ids, np.load(folder / f"{mod}.npy"))
+    fallbacks = Counter(json.loads((folder / "fallbacks.json").read_text()))
+    return RawData(inter, items, features, fallbacks)

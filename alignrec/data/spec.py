@@ -4,7 +4,8 @@ One YAML per dataset describes where its files are and how to read them. The
 four shipped datasets and any dataset a user brings are read through this one
 schema. Unknown keys are refused with a suggestion, so a misspelled key never
 silently falls back to a default. Relative paths resolve against the YAML's
-own folder, never the current directory.
+own folder, never the current directory; ``root`` may start with
+``${ALIGNREC_HOME}``, the artifacts folder (for generated data).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignrec.errors import ConfigError
+from alignrec.paths import artifacts_root
 
 SplitName = Literal["train", "valid", "test"]
 
@@ -170,7 +172,8 @@ def load_spec(path: str | Path) -> DatasetSpec:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw.setdefault("name", path.stem)
     if "root" in raw and raw["root"] is not None:
-        raw["root"] = (path.parent / str(raw["root"])).resolve()
+        root = str(raw["root"]).replace("${ALIGNREC_HOME}", str(artifacts_root()))
+        raw["root"] = (path.parent / root).resolve()
     raw["source"] = path
     try:
         return DatasetSpec.model_validate(raw)

@@ -1,0 +1,1 @@
+"""Dagster orchestration of the AlignRec pipeline. Thin: assets call the ``alignrec`` library."""
