@@ -64,9 +64,8 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
     return Path(path)
 
 
