@@ -58,6 +58,20 @@ def _print_table(rows: list[tuple], header: tuple | None = None) -> None:
             typer.echo("  ".join("-" * w for w in widths))
 
 
+# Stage 1 and the feature protocols (alignrec.commands.features).
+from alignrec.commands import features as _features_cmds  # noqa: E402
+
+app.command("evaluate-features")(_features_cmds.evaluate_features)
+app.command("pretrain-features")(_features_cmds.pretrain_features)
+
+# Training and speed benchmark (alignrec.commands.train / .bench).
+from alignrec.commands import bench as _bench_cmds  # noqa: E402
+from alignrec.commands import train as _train_cmds  # noqa: E402
+
+app.command("train")(_train_cmds.train_command)
+app.command("bench-speed")(_bench_cmds.bench_speed_command)
+
+
 def main() -> None:
     set_offline()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,115 @@
+"""The contract every recommender model fulfils.
+
+A model is built from a :class:`~alignrec.data.dataset.Dataset` (it takes the
+tensors it needs from it, never reads files) and a typed config dataclass. The
+shared trainer only calls :meth:`RecModel.loss` on batches of (user, positive,
+negative) and :meth:`RecModel.full_scores` on batches of users, plus the hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from alignrec.data.dataset import Dataset
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model config; subclasses add their own typed, documented fields."""
+
+    embedding_size: int = 64  # dimension d of the user and item ID embeddings
+
+
+class RecModel(nn.Module):
+    """Base class of the recommenders.
+
+    Subclasses set ``config_class`` and implement :meth:`loss` and
+    :meth:`full_scores`. The hooks are optional.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, dataset: Dataset, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+        self.n_users = int(dataset.n_users)
+        self.n_items = int(dataset.n_items)
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """Scalar training loss of a batch of (user, positive item, negative item)."""
+        raise NotImplementedError
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items] of every item for a batch of users."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch (0-based)."""
+
+    def on_eval_start(self) -> None:
+        """Called (under no_grad, in eval mode) before a full evaluation; cache here."""
+
+    def on_eval_end(self) -> None:
+        """Called after a full evaluation; drop what :meth:`on_eval_start` cached."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Mean of -log σ(s⁺ - s⁻), computed stably."""
+    return -nn.functional.logsigmoid(pos_scores - neg_scores).mean()
+
+
+def embedding_reg(*embeddings: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """L2 penalty on batch embeddings, divided by the batch size.
+
+    ``squared=False`` is MMRec's ``EmbLoss``: Σ ||E||_F / B. ``squared=True`` is the
+    LightGCN paper's form: Σ ||E||_F² / 2 / B.
+    """
+    batch = embeddings[-1].shape[0]
+    if squared:
+        total = sum(e.pow(2).sum() for e in embeddings) / 2
+    else:
+        total = sum(torch.linalg.vector_norm(e) for e in embeddings)
+    return total / batch
+
+
+def normalized_adjacency(dataset: Dataset) -> sp.csr_matrix:
+    """Symmetric-normalised bipartite adjacency D^-1/2 A D^-1/2 of the TRAIN pairs.
+
+    Nodes are users ``0..U-1`` then items ``U..U+I-1``; A = [[0, R], [Rᵀ, 0]] with
+    R binary (duplicates collapse), no self-loops. Isolated nodes get zero rows.
+    """
+    r = dataset.matrix("train")
+    r.data[:] = 1.0
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore"):
+        inv_sqrt = np.where(deg > 0, deg**-0.5, 0.0).astype(np.float32)
+    d = sp.diags(inv_sqrt)
+    return (d @ a @ d).tocsr().astype(np.float32)
+
+
+def to_torch_sparse(matrix: sp.spmatrix, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A scipy matrix as a coalesced torch sparse COO tensor."""
+    coo = matrix.tocoo()
+    idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    val = torch.from_numpy(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(
+        idx, val, coo.shape, device=device, check_invariants=False
+    ).coalesce()

@@ -1,0 +1,116 @@
+"""MLflow implementation of the trainer's :class:`~alignrec.training.logger.MetricLogger`.
+
+mlflow is imported lazily, inside :class:`MLflowLogger`, so that the library stays
+importable (and fast to import) without it. The store is SQLite at
+``<project>/mlruns/mlflow.db`` with artifacts under ``<project>/mlruns/artifacts``;
+``MLFLOW_TRACKING_URI`` overrides the default.
+
+MLflow refuses ``@`` in metric names, so a key such as ``valid/recall@20`` is
+stored as ``valid/recall_at_20`` (see :func:`mlflow_key`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from alignrec.paths import PROJECT_ROOT
+
+MLRUNS_DIR = PROJECT_ROOT / "mlruns"
+
+
+def default_tracking_uri(root: str | Path | None = None) -> str:
+    """``sqlite:///<root>/mlflow.db`` (root defaults to the project's ``mlruns/``)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and root is None:
+        return env
+    base = Path(root) if root is not None else MLRUNS_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base.resolve() / 'mlflow.db'}"
+
+
+def default_artifact_root(root: str | Path | None = None) -> Path:
+    base = Path(root) if root is not None else MLRUNS_DIR
+    return (base / "artifacts").resolve()
+
+
+class MLflowLogger:
+    """Logs one run to MLflow through an explicit client (no global active run).
+
+    Args:
+        experiment: experiment name; created with an explicit ``artifact_location``
+            under the artifact root when missing.
+        run_name: the run's display name.
+        tags: extra run tags.
+        tracking_uri: defaults to :func:`default_tracking_uri`.
+        artifact_root: folder holding every experiment's artifacts.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        tracking_uri: str | None = None,
+        artifact_root: str | Path | None = None,
+    ) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            root = Path(artifact_root) if artifact_root is not None else default_artifact_root()
+            location = (root / experiment).resolve()
+            location.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location.as_uri()
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        self.run_id = run.info.run_id
+        self._closed = False
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [
+            Metric(mlflow_key(k), float(v), ts, int(step or 0))
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run (idempotent)."""
+        if not self._closed:
+            self.client.set_terminated(self.run_id, status=status)
+            self._closed = True
+
+    def __enter__(self) -> MLflowLogger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("FAILED" if exc_type else "FINISHED")
+
+
+def mlflow_key(key: str) -> str:
+    """The MLflow name of a metric key: ``valid/recall@20`` -> ``valid/recall_at_20``."""
+    return key.replace("@", "_at_")

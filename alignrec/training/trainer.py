@@ -1,0 +1,263 @@
+"""The one trainer every model shares.
+
+Adam with MMRec's LambdaLR schedule, uniform negative sampling, a full-ranking
+validation every epoch, early stopping on the validation metric with the best
+weights restored, and the test split scored exactly once, at the best epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignrec.data.dataset import Dataset
+from alignrec.errors import AlignRecError
+from alignrec.evaluation import EvalResult, Evaluator
+from alignrec.models import ModelConfig, RecModel, get_model_class
+from alignrec.training.config import TrainConfig, config_to_dict, resolve_configs
+from alignrec.training.logger import MetricLogger, NullLogger
+from alignrec.training.sampler import NegativeSampler
+
+
+class TrainingError(AlignRecError):
+    """Training cannot go on (for example the loss became NaN or infinite)."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one training run.
+
+    Attributes:
+        model_name, dataset_name, seed: what was trained on what.
+        train_config, model_config: the resolved configs.
+        best_epoch: 0-based epoch with the best validation metric.
+        epochs_run: epochs actually trained (early stopping may cut it short).
+        train_seconds: wall time of the fitting loop (training plus per-epoch validation).
+        valid: validation result at the best epoch.
+        test: test result of the restored best model (None when not requested).
+        history: one dict per epoch: ``epoch``, ``train/loss``, ``train/lr``,
+            ``time/epoch_seconds``, ``time/eval_seconds`` and every ``valid/...`` metric.
+        model: the model with its best weights restored.
+        stopped_early: whether patience ran out before ``epochs``.
+    """
+
+    model_name: str
+    dataset_name: str
+    seed: int
+    train_config: TrainConfig
+    model_config: ModelConfig
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    valid: EvalResult
+    test: EvalResult | None
+    history: list[dict[str, float]]
+    model: RecModel
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able record written as ``metrics.json``."""
+        return {
+            "model": self.model_name,
+            "dataset": self.dataset_name,
+            "seed": self.seed,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "train_seconds": round(self.train_seconds, 3),
+            "stopped_early": self.stopped_early,
+            "valid": dict(self.valid.metrics),
+            "test": dict(self.test.metrics) if self.test is not None else None,
+            "train_config": config_to_dict(self.train_config),
+            "model_config": config_to_dict(self.model_config),
+        }
+
+
+def set_seed(seed: int) -> None:
+    """Seed torch's global generator (model initialisation) for a reproducible run."""
+    torch.manual_seed(int(seed))
+
+
+def evaluate_model(model: RecModel, evaluator: Evaluator) -> EvalResult:
+    """Run a full evaluation of ``model`` with its eval hooks around it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.on_eval_start()
+            return evaluator.evaluate(model.full_scores)
+    finally:
+        model.on_eval_end()
+        model.train(was_training)
+
+
+def make_optimizer(model: RecModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over the model's parameters; the fused kernel where torch has one (CPU, CUDA)."""
+    device = next(model.parameters()).device
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused
+    )
+
+
+def _progress(total: int, quiet: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=quiet, desc=desc, unit="ep", dynamic_ncols=True, leave=False)
+
+
+def train(
+    model_name: str,
+    dataset: Dataset,
+    config: TrainConfig | dict[str, Any] | None = None,
+    logger: MetricLogger | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    *,
+    model_config: ModelConfig | None = None,
+    evaluate_test: bool = True,
+) -> TrainResult:
+    """Train a registered model on ``dataset`` and score it.
+
+    Args:
+        model_name: a key of :data:`alignrec.models.MODELS`.
+        dataset: supplies the train pairs, the valid split and (at the end) the test split.
+        config: a :class:`TrainConfig`, or a flat dict of overrides that may also
+            name model keys (``{"learning_rate": 5e-4, "reg_weight": 1e-3}``).
+        logger: receives params once and metrics every epoch (``train/…``, ``valid/…``)
+            and the ``test/…`` metrics at the best epoch.
+        seed: seeds the model initialisation and the sampler.
+        device: where the model lives; everything else follows it.
+        model_config: the model's config dataclass (defaults otherwise).
+        evaluate_test: score the test split at the best epoch; grid search turns
+            this off so that selection never touches the test split.
+    """
+    if isinstance(config, TrainConfig) or config is None:
+        train_cfg, model_cfg = resolve_configs(model_name, None, config, model_config)
+    else:
+        train_cfg, model_cfg = resolve_configs(model_name, dict(config), None, model_config)
+    logger = logger if logger is not None else NullLogger()
+    device = torch.device(device)
+    model_cls = get_model_class(model_name)
+
+    set_seed(seed)
+    model = model_cls(dataset, model_cfg).to(device)
+    sampler = NegativeSampler(dataset, seed=seed)
+    valid_eval = Evaluator(dataset, "valid", train_cfg.ks, train_cfg.eval_batch_size, device)
+    optimizer = make_optimizer(model, train_cfg)
+    factor, step = train_cfg.lr_decay_factor, train_cfg.lr_decay_step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: factor ** (e / step))
+
+    logger.log_params(
+        {
+            "model": model_name,
+            "dataset": dataset.name,
+            "seed": seed,
+            "device": str(device),
+            **{f"train.{k}": v for k, v in config_to_dict(train_cfg).items()},
+            **{f"model.{k}": v for k, v in config_to_dict(model_cfg).items()},
+        }
+    )
+
+    key = train_cfg.valid_metric
+    best_score, best_epoch, best_valid, best_state = -math.inf, -1, None, None
+    since_best, history, stopped_early = 0, [], False
+    t_start = time.perf_counter()
+    bar = _progress(train_cfg.epochs, train_cfg.quiet, f"{model_name}/{dataset.name}")
+    try:
+        for epoch in range(train_cfg.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            model.on_epoch_start(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            total, n_batches = torch.zeros((), device=device), 0
+            for users, pos, neg in sampler.epoch(train_cfg.batch_size):
+                users, pos, neg = users.to(device), pos.to(device), neg.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = model.loss(users, pos, neg)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{model_name}: loss is {loss.item()} at epoch {epoch}, batch {n_batches}"
+                    )
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+                n_batches += 1
+            scheduler.step()
+            epoch_loss = float(total) / max(n_batches, 1)
+            t1 = time.perf_counter()
+            valid = evaluate_model(model, valid_eval)
+            t2 = time.perf_counter()
+            record = {
+                "epoch": epoch,
+                "train/loss": epoch_loss,
+                "train/lr": lr,
+                "time/epoch_seconds": t1 - t0,
+                "time/eval_seconds": t2 - t1,
+                **valid.prefixed("valid"),
+            }
+            history.append(record)
+            logger.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            score = valid.metrics[key]
+            if score > best_score:
+                best_score, best_epoch, best_valid, since_best = score, epoch, valid, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch_loss:.4f}", **{key: f"{score:.4f}", "best": best_epoch})
+            if since_best >= train_cfg.patience:
+                stopped_early = True
+                break
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - t_start
+
+    assert best_state is not None and best_valid is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    test = None
+    if evaluate_test:
+        test_eval = Evaluator(dataset, "test", train_cfg.ks, train_cfg.eval_batch_size, device)
+        test = evaluate_model(model, test_eval)
+        logger.log_metrics({**test.prefixed("test"), "best_epoch": best_epoch}, step=best_epoch)
+    return TrainResult(
+        model_name=model_name,
+        dataset_name=dataset.name,
+        seed=seed,
+        train_config=train_cfg,
+        model_config=model_cfg,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        train_seconds=train_seconds,
+        valid=best_valid,
+        test=test,
+        history=history,
+        model=model,
+        stopped_early=stopped_early,
+    )
+
+
+def evaluate_test_once(
+    result: TrainResult, dataset: Dataset, device: str | torch.device = "cpu"
+) -> EvalResult:
+    """Score the test split for a finished run (used for the winner of a grid)."""
+    cfg = result.train_config
+    result.test = evaluate_model(
+        result.model, Evaluator(dataset, "test", cfg.ks, cfg.eval_batch_size, device)
+    )
+    return result.test
+
+
+__all__ = [
+    "TrainResult",
+    "TrainingError",
+    "evaluate_model",
+    "evaluate_test_once",
+    "set_seed",
+    "train",
+]

@@ -1,0 +1,41 @@
+"""Resources: the one door to each outside system, swapped per environment."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """Where runs are tracked. Locally SQLite under ``mlruns/``; in a deployment set
+    ``MLFLOW_TRACKING_URI`` (or ``tracking_uri``) to a tracking server backed by SQL."""
+
+    tracking_uri: str | None = None
+    experiment_prefix: str = ""
+
+    def uri(self) -> str:
+        from alignrec.tracking import default_tracking_uri
+
+        return self.tracking_uri or default_tracking_uri()
+
+    def logger(self, experiment: str, run_name: str, tags: dict[str, str] | None = None):
+        """A new MLflow run wrapped in the library's metric-logger interface."""
+        from alignrec.tracking import MLflowLogger
+
+        return MLflowLogger(f"{self.experiment_prefix}{experiment}", run_name=run_name,
+                            tags=tags, tracking_uri=self.uri())
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where training runs: ``device`` is ``cpu``, ``cuda`` or ``auto`` (CUDA when present)."""
+
+    device: str = "auto"
+    threads: int = 0
+
+    def torch_device(self) -> str:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device

@@ -1,0 +1,146 @@
+"""The stage-1 fusion encoder: forward with missing modalities, determinism, training, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alignrec.errors import ConfigError, DataError
+from alignrec.features.cache import EncoderOutputs, ImagePatches, TextTokens
+from alignrec.features.fusion import (
+    FusionConfig,
+    collate,
+    encode_items,
+    load_fusion,
+    pretrain_fusion,
+    save_fusion,
+)
+
+SMALL = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    epochs=1,
+    batch_size=8,
+    codebook_size=8,
+    codebook_sample=500,
+    projection_dim=16,
+)
+
+
+def synthetic_outputs(n: int = 20, seed: int = 0, vectors: bool = False) -> EncoderOutputs:
+    """Random encoder outputs: item 0 has no text, item 1 no image, ragged text lengths."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 12, size=n)
+    lengths[0] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    text = TextTokens(
+        ids=rng.integers(0, 50, size=offsets[-1]).astype(np.int32),
+        states=rng.normal(size=(offsets[-1], 384)).astype(np.float16),
+        offsets=offsets,
+    )
+    index = np.arange(n) - 1
+    index[0], index[1] = 0, -1
+    index[2:] = np.arange(1, n - 1)
+    image = ImagePatches(
+        patches=rng.normal(size=(n - 1, 49, 64)).clip(0).astype(np.float16), index=index
+    )
+    vecs = {"audio": rng.normal(size=(n, 5)).astype(np.float32)} if vectors else {}
+    return EncoderOutputs(n, text, image, vecs)
+
+
+def test_collate_pads_and_flags_missing():
+    out = synthetic_outputs()
+    b = collate(out, np.array([0, 1, 2]))
+    assert b.text.shape[0] == 3 and not b.text_mask[0].any() and b.text_mask[1].any()
+    assert b.image_mask.tolist() == [True, False, True]
+    dropped = b.without({"image": torch.tensor([True, False, False])})
+    assert dropped.image_mask.tolist() == [False, False, True]
+
+
+def test_forward_with_missing_modalities_gives_finite_features():
+    out = synthetic_outputs(vectors=True)
+    res = pretrain_fusion(out, FusionConfig(**{**SMALL, "epochs": 0}))
+    f = encode_items(res.model, out)
+    assert f.shape == (20, 32) and np.isfinite(f).all()
+    # an item stripped of text and image keeps its feature from the audio vector alone
+    none = np.zeros(20, bool)
+    none[3] = True
+    g = encode_items(res.model, out, drop={"text": none, "image": none})
+    assert np.isfinite(g).all() and not np.allclose(g[3], f[3])
+    assert np.allclose(g[4:], f[4:], atol=1e-5)  # other items untouched
+    # and with every modality removed only [CLS] remains: still a finite vector
+    h = encode_items(res.model, out, drop={"text": none, "image": none, "audio": none})
+    assert np.isfinite(h[3]).all()
+
+
+def test_one_epoch_training_smoke_logs_losses():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((dict(metrics), step))
+
+    rec = Recorder()
+    res = pretrain_fusion(synthetic_outputs(vectors=True), FusionConfig(**SMALL), logger=rec)
+    assert len(res.history) == 1
+    steps = [m for m, _ in rec.calls if "train/loss" in m]
+    assert len(steps) == 3  # 20 items / batch 8
+    assert {"train/mlm", "train/mim", "train/mvm", "train/itc", "train/align"} <= set(steps[0])
+    assert all(np.isfinite(m["train/loss"]) for m in steps)
+    assert "epoch/loss" in rec.calls[-1][0]
+
+
+@pytest.mark.parametrize("targets", [("ids", "codes"), ("states", "features")])
+def test_training_is_deterministic_for_a_seed(targets):
+    out = synthetic_outputs()
+    cfg = FusionConfig(
+        **{**SMALL, "epochs": 2, "text_target": targets[0], "image_target": targets[1]}
+    )
+    a = encode_items(pretrain_fusion(out, cfg).model, out)
+    b = encode_items(pretrain_fusion(out, cfg).model, out)
+    assert np.array_equal(a, b)
+    c = encode_items(
+        pretrain_fusion(out, FusionConfig(**{**SMALL, "epochs": 2, "seed": 1})).model, out
+    )
+    assert not np.allclose(a, c)
+
+
+def test_save_load_roundtrip(tmp_path):
+    out = synthetic_outputs()
+    model = pretrain_fusion(out, FusionConfig(**SMALL)).model
+    save_fusion(model, tmp_path / "fusion")
+    again = load_fusion(tmp_path / "fusion")
+    assert again.config == model.config
+    assert np.allclose(encode_items(again, out), encode_items(model, out))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="num_heads"):
+        FusionConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        FusionConfig.from_dict({"hiden_size": 64})
+    with pytest.raises(ConfigError, match="text_mask_ratio"):
+        FusionConfig(text_mask_ratio=1.5)
+
+
+def test_modality_mismatch_and_unknown_modality_are_data_errors():
+    out = synthetic_outputs()
+    model = pretrain_fusion(out, FusionConfig(**{**SMALL, "epochs": 0})).model
+    with pytest.raises(DataError, match="modalities"):
+        encode_items(model, synthetic_outputs(vectors=True))
+    with pytest.raises(DataError, match="no modality 'audio'"):
+        encode_items(model, out, drop={"audio": np.zeros(20, bool)})
+
+
+def test_centred_output_and_projection():
+    out = synthetic_outputs()
+    cfg = FusionConfig(**{**SMALL, "output": "projection", "center_output": True})
+    model = pretrain_fusion(out, cfg).model
+    f = encode_items(model, out)
+    assert f.shape == (20, 16)
+    assert np.allclose(f.mean(0), 0, atol=1e-4)  # centred over the pretraining items
+    raw = encode_items(model, out, centre=False)
+    assert np.allclose(raw - model.output_mean.numpy(), f, atol=1e-5)
