@@ -98,6 +98,10 @@ class MLflowLogger:
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Attach every file of ``folder`` (under ``artifact_path`` in the run)."""
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run (idempotent)."""
         if not self._closed:

@@ -7,8 +7,9 @@ import os
 import dagster as dg
 
 from alignrec.env import set_offline
-from orchestration.assets import data
+from orchestration.assets import data, features, training
 from orchestration.partitions import dataset_partitions
+from orchestration.resources import ComputeResource, MLflowResource
 
 set_offline()
 
@@ -37,8 +38,9 @@ pipeline_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*data.assets],
-    asset_checks=[*data.checks],
+    assets=[*data.assets, *features.assets, *training.assets],
+    asset_checks=[*data.checks, *features.checks],
     jobs=[data_job, pipeline_job],
+    resources={"mlflow": MLflowResource(), "compute": ComputeResource()},
     executor=_executor(),
 )

@@ -82,11 +82,20 @@ def run_train(
     quiet: bool = False,
     mlflow: bool = False,
     experiment: str | None = None,
+    features: str | None = None,
+    logger_factory: Any = None,
+    export: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on the registered ``dataset`` and write the run files into ``out``.
 
     ``sets`` are ``key=value`` overrides; ``grids`` are ``key=v1,v2`` lists whose
     Cartesian product is searched, the winner chosen on the validation split.
+    ``features`` names the item feature table a content model uses (a ``.npy`` file,
+    ``raw:concat``, ``fusion:<folder>`` ...; see ``alignrec evaluate-features``); it is
+    handed to the model as ``dataset.features["content"]``. ``logger_factory(tag)``
+    replaces the built-in loggers (the orchestration passes its MLflow resource's);
+    the winner's logger's ``run_id``, when it has one, is returned as ``mlflow_run_id``.
+    ``export`` also writes ``recommender.npz`` for serving (see :mod:`alignrec.serving`).
     """
     import torch
 
@@ -112,8 +121,12 @@ def run_train(
     if threads:
         torch.set_num_threads(int(threads))
     data = load_dataset(dataset)
+    if features is not None:
+        data = with_content_features(data, features)
 
     def make_logger(tag: str | None = None):
+        if logger_factory is not None:
+            return logger_factory(tag)
         if not mlflow:
             return ConsoleLogger()
         from alignrec.tracking import MLflowLogger
@@ -140,6 +153,10 @@ def run_train(
                 step=result.best_epoch,
             )
         record = write_run(out, result, g)
+        winner_logger.log_artifact(Path(out) / "metrics.json")
+        winner_logger.log_artifact(Path(out) / "per_user.npz")
+        if getattr(winner_logger, "run_id", None):
+            record["mlflow_run_id"] = winner_logger.run_id
         for lg in loggers:
             getattr(lg, "close", lambda: None)()
     else:
@@ -147,11 +164,28 @@ def run_train(
         lg = make_logger()
         result = train(model, data, overrides, lg, seed=seed, device=device)
         record = write_run(out, result)
-        if mlflow:
-            lg.log_artifact(Path(out) / "metrics.json")
-            lg.log_artifact(Path(out) / "per_user.npz")
+        lg.log_artifact(Path(out) / "metrics.json")
+        lg.log_artifact(Path(out) / "per_user.npz")
+        if getattr(lg, "run_id", None):
+            record["mlflow_run_id"] = lg.run_id
         getattr(lg, "close", lambda: None)()
+    if export:
+        from alignrec.serving import export_recommender
+
+        export_recommender(result.model, data, Path(out) / "recommender.npz")
+    if features is not None:
+        record["features"] = features
     return record
+
+
+def with_content_features(data, spec: str):
+    """``data`` with the feature set ``spec`` as ``features["content"]`` (what content models read)."""
+    import dataclasses
+
+    from alignrec.features.pipeline import resolve_features
+
+    table = resolve_features(spec, data, progress=False).table
+    return dataclasses.replace(data, features={**data.features, "content": table})
 
 
 def format_record(record: dict[str, Any], ks: tuple[int, ...] = (10, 20)) -> str:
@@ -203,10 +237,19 @@ def train_command(
     experiment: Annotated[
         str | None, typer.Option(help="MLflow experiment (default train-DATASET)")
     ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features",
+            help="item features of a content model: a .npy [n_items, D], raw:text, raw:image, "
+            "raw:concat, raw:<precomputed modality> or fusion:<saved fusion encoder folder>",
+        ),
+    ] = None,
 ) -> None:
     """Train MODEL on a dataset; validate every epoch, test once at the best epoch."""
     record = run_train(
-        model, dataset, out, seed, sets, grids, device, threads or None, quiet, mlflow, experiment
+        model, dataset, out, seed, sets, grids, device, threads or None, quiet, mlflow, experiment,
+        features=features,
     )
     typer.echo(format_record(record))
     typer.echo(f"wrote {Path(out) / 'metrics.json'}")

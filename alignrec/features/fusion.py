@@ -141,9 +141,9 @@ class FusionConfig:
     center_output: bool = True
     normalize_output: bool = False
 
-    text_target: Literal["ids", "states"] = "ids"
+    text_target: Literal["ids", "states"] = "states"
     text_mask_ratio: float = 0.15
-    image_target: Literal["codes", "features"] = "codes"
+    image_target: Literal["codes", "features"] = "features"
     image_mask_ratio: float = 0.4
     codebook_size: int = 256
     codebook_sample: int = 30000
@@ -159,9 +159,9 @@ class FusionConfig:
     projection_dim: int = 128
     modality_dropout: float = 0.3
 
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0

@@ -7,6 +7,7 @@ config dataclass as ``config_class``.
 
 from __future__ import annotations
 
+from alignrec.models.alignrec import AlignRec, AlignRecConfig
 from alignrec.models.base import ModelConfig, RecModel
 from alignrec.models.bpr import BPR, BPRConfig
 from alignrec.models.lightgcn import LightGCN, LightGCNConfig
@@ -14,6 +15,7 @@ from alignrec.models.lightgcn import LightGCN, LightGCNConfig
 MODELS: dict[str, type[RecModel]] = {
     "bpr": BPR,
     "lightgcn": LightGCN,
+    "alignrec": AlignRec,
 }
 
 
@@ -30,6 +32,8 @@ def get_model_class(name: str) -> type[RecModel]:
 
 
 __all__ = [
+    "AlignRec",
+    "AlignRecConfig",
     "BPR",
     "MODELS",
     "BPRConfig",

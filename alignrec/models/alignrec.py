@@ -211,6 +211,11 @@ class AlignRec(RecModel):
     def on_eval_end(self) -> None:
         self._cache = None
 
+    def export_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item embeddings: ``score(u, i) = <users[u], items[i]>``."""
+        z = self.forward()["Z"]
+        return z[: self.n_users], z[self.n_users :]
+
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         if self._cache is None:
             z = self.forward()["Z"]

@@ -11,9 +11,11 @@ from orchestration.definitions import defs
 def test_definitions_resolve_every_asset_check_and_job():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"raw_data", "dataset"} <= keys
+    assert {"raw_data", "dataset", "encoder_outputs", "stage1_features", "zero_shot_eval", "item_cf_eval",
+            "mask_modality_eval", "bpr_model", "lightgcn_model", "alignrec_model"} <= keys
     checks = {c.name for c in repo.asset_graph.asset_check_keys}
-    assert {"raw_interactions_valid", "interactions_valid", "features_valid", "images_decode"} <= checks
+    assert {"raw_interactions_valid", "interactions_valid", "features_valid", "images_decode",
+            "stage1_features_valid"} <= checks
     for name in ("data_job", "pipeline_job"):
         job = defs.resolve_job_def(name)  # a broken selection raises here
         assert job.partitions_def is not None
@@ -22,9 +24,9 @@ def test_definitions_resolve_every_asset_check_and_job():
 
 
 def test_asset_checks_are_blocking():
-    from orchestration.assets import data
+    from orchestration.assets import data, features
 
-    for check in data.checks:
+    for check in [*data.checks, *features.checks]:
         for spec in check.check_specs:
             assert spec.blocking, spec.name
 

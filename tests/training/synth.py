@@ -22,6 +22,11 @@ def clustered(
         splits["valid"].append((u, int(chosen[0])))
         splits["test"].append((u, int(chosen[1])))
         splits["train"] += [(u, int(i)) for i in chosen[2:]]
+    # A content table that carries the group, for content models (AlignRec, later VBPR ...).
+    content = np.eye(groups, dtype=np.float32)[item_group] + 0.3 * rng.standard_normal(
+        (n_items, groups), dtype=np.float32
+    )
     return Dataset.from_pairs(
-        "clustered", n_users, n_items, splits["train"], splits["valid"], splits["test"]
+        "clustered", n_users, n_items, splits["train"], splits["valid"], splits["test"],
+        features={"content": content},
     )

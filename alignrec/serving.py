@@ -1,0 +1,139 @@
+"""Serving: a trained inner-product recommender as an MLflow pyfunc model.
+
+The model is exported as what it computes at inference: final user and item
+embeddings (score = dot product), the training interactions to exclude, and the
+original ids. ``predict`` takes a table with a ``user_id`` column (optional ``k``
+and ``exclude``: a list of item ids per row) and returns the top-k item ids with
+their scores. A user's training items are never recommended. An unknown user
+gets the most popular training items, flagged ``fallback="popular"``.
+
+This module imports mlflow; import it only where MLflow is wanted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+EXPORT_FILE = "recommender.npz"
+
+
+def export_recommender(model, dataset, path: str | Path) -> Path:
+    """Write the arrays the pyfunc needs: embeddings, train matrix, ids and popularity."""
+    import torch
+
+    from alignrec import io
+
+    model.eval()
+    with torch.no_grad():
+        model.on_eval_start()
+        users = torch.arange(dataset.n_users, device=model.device)
+        user_emb, item_emb = model.export_embeddings() if hasattr(model, "export_embeddings") else (None, None)
+        if user_emb is None:
+            raise TypeError(f"{type(model).__name__} does not export inner-product embeddings")
+        model.on_eval_end()
+    del users
+    train = dataset.matrix("train").tocsr()
+    popularity = np.asarray(train.sum(axis=0)).ravel()
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            user_emb=user_emb.cpu().numpy().astype(np.float32),
+            item_emb=item_emb.cpu().numpy().astype(np.float32),
+            indptr=train.indptr,
+            indices=train.indices,
+            user_ids=np.asarray(dataset.users["user_id"].astype(str).tolist(), dtype=str),
+            item_ids=np.asarray(dataset.items["item_id"].astype(str).tolist(), dtype=str),
+            popularity=popularity.astype(np.float32),
+        )
+    return Path(path)
+
+
+class Recommender:
+    """Top-k recommendation from exported arrays (no torch needed)."""
+
+    def __init__(self, path: str | Path) -> None:
+        z = np.load(path, allow_pickle=False)
+        self.user_emb, self.item_emb = z["user_emb"], z["item_emb"]
+        self.indptr, self.indices = z["indptr"], z["indices"]
+        self.user_ids, self.item_ids = z["user_ids"], z["item_ids"]
+        self.popularity = z["popularity"]
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_index = {it: i for i, it in enumerate(self.item_ids)}
+
+    def recommend(self, user_id: str, k: int = 10, exclude: list[str] | None = None) -> pd.DataFrame:
+        user_id = str(user_id)
+        u = self.user_index.get(user_id)
+        if u is None:
+            scores, fallback = self.popularity.astype(np.float64).copy(), "popular"
+        else:
+            scores, fallback = self.item_emb @ self.user_emb[u], ""
+            scores = scores.astype(np.float64)
+            scores[self.indices[self.indptr[u] : self.indptr[u + 1]]] = -np.inf
+        for item in exclude or []:
+            i = self.item_index.get(str(item))
+            if i is not None:
+                scores[i] = -np.inf
+        k = int(min(k, np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, k - 1)[:k] if k else np.array([], dtype=int)
+        top = top[np.lexsort((top, -scores[top]))]
+        return pd.DataFrame(
+            {
+                "user_id": user_id,
+                "rank": np.arange(1, len(top) + 1),
+                "item_id": self.item_ids[top],
+                "score": scores[top],
+                "fallback": fallback,
+            }
+        )
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):
+    """The MLflow pyfunc wrapper of :class:`Recommender`."""
+
+    def load_context(self, context) -> None:
+        self.rec = Recommender(context.artifacts["recommender"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if "user_id" not in model_input.columns:
+            raise ValueError("input needs a 'user_id' column")
+        default_k = int((params or {}).get("k", 10))
+        frames = []
+        for _, row in model_input.iterrows():
+            k = row.get("k", default_k)
+            k = default_k if k is None or (isinstance(k, float) and np.isnan(k)) else int(k)
+            exclude = row.get("exclude")
+            exclude = list(exclude) if isinstance(exclude, list | tuple | np.ndarray) else []
+            frames.append(self.rec.recommend(str(row["user_id"]), k, exclude))
+        return pd.concat(frames, ignore_index=True)
+
+
+def signature():
+    from mlflow.models import infer_signature
+
+    example_in = pd.DataFrame({"user_id": ["1"], "k": [10]})
+    example_out = pd.DataFrame({"user_id": ["1"], "rank": [1], "item_id": ["1"], "score": [1.0],
+                                "fallback": [""]})
+    return infer_signature(example_in, example_out, params={"k": 10})
+
+
+def log_recommender(export_path: str | Path, run_id: str, registered_name: str | None = None,
+                    tracking_uri: str | None = None):
+    """Log the exported recommender as a pyfunc model in ``run_id``; register it when named."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="recommender",
+            python_model=RecommenderModel(),
+            artifacts={"recommender": str(export_path)},
+            signature=signature(),
+            registered_model_name=registered_name,
+        )
+    return info
