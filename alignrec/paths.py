@@ -28,5 +28,10 @@ def dataset_dirs() -> list[Path]:
 
 
 def dataset_artifacts(name: str) -> Path:
-    """Folder of one dataset's canonical tables."""
+    """Folder of everything made from one dataset (tables, raw tables, encoder cache, stage 1)."""
     return artifacts_root() / "datasets" / name
+
+
+def dataset_tables(name: str) -> Path:
+    """Folder of one dataset's canonical tables (replaced as a whole on each rebuild)."""
+    return dataset_artifacts(name) / "tables"

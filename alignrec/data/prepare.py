@@ -19,7 +19,7 @@ from alignrec.data.registry import get_spec
 from alignrec.data.spec import DatasetSpec
 from alignrec.data.split import dedupe, k_core, random_split
 from alignrec.errors import ConfigError, DataError
-from alignrec.paths import dataset_artifacts
+from alignrec.paths import dataset_tables
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def write_dataset(dataset: Dataset, folder: Path, fingerprint_: str) -> None:
 def is_current(name: str, spec: DatasetSpec | None = None) -> bool:
     """Whether the prepared tables of ``name`` match its spec and files."""
     spec = spec or get_spec(name)
-    meta_path = dataset_artifacts(name) / ds_mod.META_FILE
+    meta_path = dataset_tables(name) / ds_mod.META_FILE
     if not meta_path.is_file():
         return False
     return json.loads(meta_path.read_text()).get("fingerprint") == fingerprint(spec)
@@ -174,7 +174,7 @@ def prepare(name: str, *, force: bool = False) -> Dataset:
     """Build (or reuse, when inputs are unchanged) the canonical tables of a registered dataset."""
     spec = get_spec(name)
     ensure_generated(spec)
-    folder = dataset_artifacts(name)
+    folder = dataset_tables(name)
     fp = fingerprint(spec)
     if not force and is_current(name, spec):
         log.info("%s: canonical tables are up to date (%s)", name, folder)

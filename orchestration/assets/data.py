@@ -81,12 +81,12 @@ def dataset(context: dg.AssetExecutionContext, raw_data: dict) -> dict:
 
     from alignrec.data.prepare import build_dataset, read_raw_tables, write_dataset
     from alignrec.data.registry import get_spec
-    from alignrec.paths import dataset_artifacts
+    from alignrec.paths import dataset_tables
 
     name = context.partition_key
     spec = get_spec(name)
     ds = build_dataset(read_raw_tables(Path(raw_data["folder"]), spec), spec)
-    folder = dataset_artifacts(name)
+    folder = dataset_tables(name)
     write_dataset(ds, folder, raw_data["fingerprint"])
     summary = ds.summary()
     context.add_output_metadata(

@@ -10,7 +10,7 @@ import pytest
 
 from alignrec.data import prepare
 from alignrec.errors import ConfigError, DataError
-from alignrec.paths import dataset_artifacts
+from alignrec.paths import dataset_tables
 from tests.conftest import CORPUS
 
 
@@ -32,7 +32,7 @@ def corpus(tmp_path, monkeypatch):
 def error_of(name: str, kind=DataError) -> str:
     with pytest.raises(kind) as info:
         prepare(name)
-    assert not (dataset_artifacts(name) / "meta.json").exists(), "a failed prepare wrote output"
+    assert not (dataset_tables(name) / "meta.json").exists(), "a failed prepare wrote output"
     return str(info.value)
 
 
@@ -111,12 +111,12 @@ def test_empty_text_falls_back_and_is_counted(corpus):
 
 def test_failed_prepare_keeps_last_good_tables(corpus):
     good = prepare("base")
-    meta_before = (dataset_artifacts("base") / "meta.json").read_text()
+    meta_before = (dataset_tables("base") / "meta.json").read_text()
     # Break the data after a good build: the rebuild fails and the old tables stay.
     (corpus / "base" / "interactions.csv").write_text("user,item,timestamp\n1,2\n")
     with pytest.raises(DataError):
         prepare("base")
-    assert (dataset_artifacts("base") / "meta.json").read_text() == meta_before
+    assert (dataset_tables("base") / "meta.json").read_text() == meta_before
     assert json.loads(meta_before)["interactions"] == good.summary()["interactions"]
-    leftovers = [p.name for p in dataset_artifacts("base").parent.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in dataset_tables("base").parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []

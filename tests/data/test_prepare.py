@@ -9,7 +9,7 @@ import pytest
 
 from alignrec.data import get_spec, list_datasets, load_dataset, prepare
 from alignrec.data.prepare import is_current
-from alignrec.paths import dataset_artifacts
+from alignrec.paths import dataset_tables
 from tests.conftest import needs_data
 
 
@@ -36,7 +36,7 @@ def test_synthetic_goes_through_the_generic_path(synthetic_spec):
 
 def test_prepare_reuses_then_rebuilds_on_change(synthetic_spec):
     prepare(synthetic_spec)
-    meta = dataset_artifacts(synthetic_spec) / "meta.json"
+    meta = dataset_tables(synthetic_spec) / "meta.json"
     stamp = meta.stat().st_mtime_ns
     prepare(synthetic_spec)
     assert meta.stat().st_mtime_ns == stamp, "unchanged inputs must not rebuild"
@@ -96,3 +96,14 @@ def test_movielens_counts():
     assert (s["users"], s["items"], s["interactions"]) == (943, 1349, 99287)
     assert ds.meta["images"] > 1300 and ds.has_text
     _check_protocol(ds)
+
+
+def test_rebuild_keeps_what_other_stages_stored_beside_the_tables(synthetic_spec):
+    from alignrec.paths import dataset_artifacts
+
+    prepare(synthetic_spec)
+    cache = dataset_artifacts(synthetic_spec) / "encoders" / "kept.txt"
+    cache.parent.mkdir(parents=True)
+    cache.write_text("expensive")
+    prepare(synthetic_spec, force=True)
+    assert cache.read_text() == "expensive"
