@@ -71,6 +71,10 @@ from alignrec.commands import train as _train_cmds  # noqa: E402
 app.command("train")(_train_cmds.train_command)
 app.command("bench-speed")(_bench_cmds.bench_speed_command)
 
+from alignrec.commands import bench_graph as _bench_graph_cmds  # noqa: E402
+
+app.command("bench-graph")(_bench_graph_cmds.bench_graph_command)
+
 
 def main() -> None:
     set_offline()

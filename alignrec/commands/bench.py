@@ -29,6 +29,7 @@ def bench_speed(
     device: str = "cpu",
     threads: int | None = None,
     seed: int = 0,
+    features: str | None = None,
 ) -> dict[str, Any]:
     """Time ``epochs`` training epochs and ``evals`` full validation evaluations.
 
@@ -46,6 +47,10 @@ def bench_speed(
     train_cfg, model_cfg = resolve_configs(model, parse_assignments(sets))
     t0 = time.perf_counter()
     data = load_dataset(dataset)
+    if features is not None:
+        from alignrec.commands.train import with_content_features
+
+        data = with_content_features(data, features)
     load_s = time.perf_counter() - t0
     set_seed(seed)
     t0 = time.perf_counter()
@@ -100,9 +105,10 @@ def bench_speed_command(
     ] = None,
     device: str = typer.Option("cpu", help="torch device"),
     threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
+    features: str = typer.Option(None, "--features", help="item features of a content model"),
 ) -> None:
     """Print seconds per training epoch, seconds per full validation and peak memory."""
-    r = bench_speed(model, dataset, epochs, evals, sets, device, threads or None)
+    r = bench_speed(model, dataset, epochs, evals, sets, device, threads or None, features=features)
     typer.echo(
         f"{r['model']} on {r['dataset']} ({r['threads']} threads, {r['train_pairs']:,} train pairs, "
         f"{r['eval_users']:,} valid users)"

@@ -14,6 +14,7 @@ CUDA, and model selection reads validation only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -63,6 +64,25 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> to
     v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
     logits = v1 @ v2.T / temperature
     return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def info_nce_by_id(
+    table1: torch.Tensor, table2: torch.Tensor, ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``info_nce(table1[ids], table2[ids])``, computed over the distinct ids only.
+
+    A batch repeats ids (2,048 positives drawn from a small catalogue repeat a lot), and
+    a repeated id contributes identical rows and columns. Weighting each distinct id by
+    its count (a ``log count`` offset inside the log-sum-exp, a count weight on its row)
+    gives exactly the same loss and gradient on a U x U matrix instead of B x B.
+    """
+    uniq, counts = torch.unique(ids, return_counts=True)
+    v1 = F.normalize(table1[uniq], dim=1)
+    v2 = F.normalize(table2[uniq], dim=1)
+    logits = v1 @ v2.T / temperature
+    w = counts.to(logits.dtype)
+    per_row = torch.logsumexp(logits + w.log()[None, :], dim=1) - logits.diagonal()
+    return (per_row * w).sum() / w.sum()
 
 
 def uia_loss(z_u: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
@@ -117,6 +137,8 @@ class AlignRec(RecModel):
     """AlignRec's stage-2 recommender over a feature table ``dataset.features[config.features]``."""
 
     config_class = AlignRecConfig
+    # The reference decays the learning rate by 0.96 every 50 epochs.
+    train_defaults: ClassVar[dict] = {"lr_decay_factor": 0.96, "lr_decay_step": 50}
 
     def __init__(self, dataset: Dataset, config: AlignRecConfig | None = None) -> None:
         super().__init__(dataset, config)
@@ -191,8 +213,8 @@ class AlignRec(RecModel):
             terms["uia"] = cfg.uia_weight * uia_loss(z_u, z_p)
         if cfg.alpha > 0:
             terms["cca"] = cfg.alpha * (
-                info_nce(m[p_idx], c[p_idx], cfg.temperature)
-                + info_nce(m[u_idx], c[u_idx], cfg.temperature)
+                info_nce_by_id(m, c, p_idx, cfg.temperature)
+                + info_nce_by_id(m, c, u_idx, cfg.temperature)
             )
         if cfg.beta > 0:
             terms["sim"] = cfg.beta * similarity_preservation(m[p_idx], self.original_features[pos])

@@ -34,6 +34,8 @@ class RecModel(nn.Module):
     """
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # Trainer settings this model's reference uses instead of TrainConfig's defaults.
+    train_defaults: ClassVar[dict] = {}
 
     def __init__(self, dataset: Dataset, config: ModelConfig | None = None) -> None:
         super().__init__()

@@ -172,7 +172,9 @@ def resolve_configs(
                 f"train keys: {', '.join(sorted(train_types))}; "
                 f"model keys: {', '.join(sorted(model_types))}"
             )
-    base_train = train_config if train_config is not None else TrainConfig()
+    base_train = (
+        train_config if train_config is not None else TrainConfig(**model_cls.train_defaults)
+    )
     base_model = model_config if model_config is not None else model_cls.config_class()
     if not isinstance(base_model, model_cls.config_class):
         raise ConfigError(

@@ -170,3 +170,28 @@ def test_refuses_missing_or_bad_features():
         AlignRec(bad)
     with pytest.raises(ConfigError):
         AlignRecConfig(alpha=-1)
+
+
+def test_info_nce_by_id_equals_the_batch_form_with_repeats():
+    from alignrec.models.alignrec import info_nce_by_id
+
+    torch.manual_seed(2)
+    t1 = torch.randn(7, 5, requires_grad=True)
+    t2 = torch.randn(7, 5, requires_grad=True)
+    ids = torch.tensor([3, 1, 3, 3, 0, 6, 1, 2, 2, 5, 3])
+    direct = info_nce(t1[ids], t2[ids], 0.2)
+    g_direct = torch.autograd.grad(direct, (t1, t2))
+    fast = info_nce_by_id(t1, t2, ids, 0.2)
+    g_fast = torch.autograd.grad(fast, (t1, t2))
+    assert fast.item() == pytest.approx(direct.item(), rel=1e-5)
+    for a, b in zip(g_fast, g_direct, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_alignrec_trains_with_the_reference_lr_schedule():
+    from alignrec.training import resolve_configs
+
+    train_cfg, _ = resolve_configs("alignrec", {})
+    assert (train_cfg.lr_decay_factor, train_cfg.lr_decay_step) == (0.96, 50)
+    assert resolve_configs("lightgcn", {})[0].lr_decay_factor == 1.0
+    assert resolve_configs("alignrec", {"lr_decay_factor": "1.0"})[0].lr_decay_factor == 1.0
