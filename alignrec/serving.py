@@ -137,3 +137,41 @@ def log_recommender(export_path: str | Path, run_id: str, registered_name: str |
             registered_model_name=registered_name,
         )
     return info
+
+
+class FusionEncoderModel(mlflow.pyfunc.PythonModel):
+    """The stage-1 fusion encoder as an MLflow model.
+
+    Its artifacts are the saved encoder (``load_fusion`` rebuilds it) and the feature
+    table it produced; ``predict`` takes a table with an ``item`` column (item indices)
+    and returns their stage-1 features, one column per dimension.
+    """
+
+    def load_context(self, context) -> None:
+        self.features = np.load(context.artifacts["features"])
+        self.encoder_dir = context.artifacts["encoder"]
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        items = model_input["item"].to_numpy(dtype=np.int64)
+        if len(items) and (items.min() < 0 or items.max() >= len(self.features)):
+            raise ValueError(f"item indices must lie in [0, {len(self.features)})")
+        rows = self.features[items]
+        return pd.DataFrame(rows, columns=[f"f{i}" for i in range(rows.shape[1])])
+
+
+def log_fusion_encoder(encoder_dir: str | Path, features_path: str | Path, run_id: str,
+                       tracking_uri: str | None = None):
+    """Log the fusion encoder and its feature table as a pyfunc model named ``encoder``."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    feats = np.load(features_path)
+    sig = infer_signature(pd.DataFrame({"item": [0]}),
+                          pd.DataFrame(feats[:1], columns=[f"f{i}" for i in range(feats.shape[1])]))
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pyfunc.log_model(
+            name="encoder", python_model=FusionEncoderModel(),
+            artifacts={"encoder": str(encoder_dir), "features": str(features_path)}, signature=sig,
+        )

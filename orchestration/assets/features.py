@@ -105,9 +105,11 @@ def stage1_features(
         io.write_npy(folder / "features.npy", features)
         io.write_json(folder / "history.json", result.history)
         lg.log_metrics({"time/pretrain_seconds": result.seconds})
-        lg.log_artifacts(folder / "encoder", "encoder")
         lg.log_artifact(folder / "history.json")
         run_id = lg.run_id
+    from alignrec.serving import log_fusion_encoder
+
+    log_fusion_encoder(folder / "encoder", folder / "features.npy", run_id, tracking_uri=mlflow.uri())
     context.add_output_metadata(
         {
             "shape": str(features.shape),

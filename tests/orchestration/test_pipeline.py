@@ -44,5 +44,12 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
     client = MlflowClient()
     run = client.get_run(ar["mlflow_run_id"])
     assert "valid/recall_at_20" in run.data.metrics
+    stage1 = result.output_for_node("stage1_features")
+    import mlflow
+    import pandas as pd
+
+    enc = mlflow.pyfunc.load_model(f"runs:/{stage1['mlflow_run_id']}/encoder")
+    assert enc.predict(pd.DataFrame({"item": [0, 3]})).shape[0] == 2
+    assert "epoch/loss" in client.get_run(stage1["mlflow_run_id"]).data.metrics
     versions = client.search_model_versions("name='alignrec-synthetic'")
     assert [v.run_id for v in versions] == [ar["mlflow_run_id"]]
