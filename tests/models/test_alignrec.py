@@ -73,6 +73,21 @@ def test_similarity_preservation_matches_direct_formula(b, d, dim):
     assert f.grad is None or float(f.grad.abs().sum()) == 0.0
 
 
+def test_similarity_preservation_with_counts_equals_the_repeated_batch():
+    torch.manual_seed(4)
+    for dim in (3, 40):  # narrow and wide features take different paths
+        m = torch.randn(6, 4, requires_grad=True)
+        f = torch.randn(6, dim)
+        ids = torch.tensor([0, 2, 2, 5, 1, 2, 0, 4, 3, 3])
+        direct = similarity_preservation(m[ids], f[ids])
+        (g_direct,) = torch.autograd.grad(direct, m)
+        uniq, counts = torch.unique(ids, return_counts=True)
+        fast = similarity_preservation(m[uniq], f[uniq], counts)
+        (g_fast,) = torch.autograd.grad(fast, m)
+        assert fast.item() == pytest.approx(direct.item(), rel=1e-6)
+        torch.testing.assert_close(g_fast, g_direct, rtol=1e-5, atol=1e-7)
+
+
 def _dense_graph(feats: np.ndarray, k: int) -> np.ndarray:
     x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     sim = x @ x.T
