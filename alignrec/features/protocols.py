@@ -27,6 +27,7 @@ import torch
 
 from alignrec.errors import ConfigError
 from alignrec.features.sets import FeatureSet, check_table, l2_normalize
+from alignrec.similarity import topk_similarity
 
 PROTOCOLS = ("zero-shot", "item-cf", "mask-modality")
 DEFAULT_KS = (10, 20)
@@ -117,29 +118,12 @@ def knn_similarity(
 
     ``sim(i, j) = x_i.x_j / (|x_i| |x_j| + shrink)`` (MMRec ItemKNNCBF); each row keeps its
     k largest entries, the item itself included, unsymmetrised. ``block_size`` rows are
-    scored at a time (default: as many as fit in about 32M floats), so memory stays
-    O(block_size x I + I x k).
+    scored at a time (default: blocks of about 64 MB), so memory stays
+    O(block_size x I + I x k). Shares :func:`alignrec.similarity.topk_similarity` with
+    AlignRec's item-item graph.
     """
     x = check_table(features, len(features))
-    n = len(x)
-    if k < 1:
-        raise ConfigError(f"item-cf needs k >= 1, got {k}")
-    k = min(k, n)
-    if block_size is None:
-        block_size = max(1, min(n, (32 * 2**20) // max(n, 1)))
-    norms = np.linalg.norm(x, axis=1).astype(np.float32)
-    rows = np.repeat(np.arange(n), k)
-    cols = np.empty(n * k, np.int64)
-    vals = np.empty(n * k, np.float32)
-    xt = np.ascontiguousarray(x.T)
-    for a in range(0, n, block_size):
-        b = min(n, a + block_size)
-        sim = x[a:b] @ xt
-        sim /= norms[a:b, None] * norms[None, :] + shrink
-        top = torch.topk(torch.from_numpy(sim), k, dim=1)
-        cols[a * k : b * k] = top.indices.numpy().ravel()
-        vals[a * k : b * k] = top.values.numpy().ravel()
-    mat = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    mat = topk_similarity(x, k=k, shrink=shrink, block_size=block_size)
     mat.eliminate_zeros()
     return mat
 
