@@ -37,6 +37,27 @@ def headline(record: dict) -> dict:
     return meta
 
 
+def run_args(config: TrainConfig) -> dict:
+    """``run_train``'s seed, ``--set`` and ``--grid`` arguments from an asset's config."""
+    return {
+        "seed": config.seed,
+        "sets": [f"{k}={v}" for k, v in config.sets.items()],
+        "grids": [f"{k}={','.join(v)}" for k, v in config.grid.items()],
+    }
+
+
+def logger_factory(mlflow: MLflowResource, context, model: str, seed: int, **tags: str):
+    """MLflow loggers for one training asset's runs (one per grid point), tagged with the Dagster run."""
+    name = context.partition_key
+
+    def factory(tag: str | None = None):
+        run_name = f"{model}-s{seed}" + (f"-{tag}" if tag else "")
+        return mlflow.logger(f"train-{name}", run_name,
+                             {"model": model, "dataset": name, "dagster_run": context.run_id, **tags})
+
+    return factory
+
+
 def run_dir(dataset: str, model: str):
     from alignrec.paths import artifacts_root
 
@@ -62,19 +83,9 @@ def make_training_asset(model: str) -> dg.AssetsDefinition:
 
         name = context.partition_key
         out = run_dir(name, model)
-        runs: list = []
-
-        def logger_factory(tag: str | None = None):
-            lg = mlflow.logger(f"train-{name}", f"{model}-s{config.seed}" + (f"-{tag}" if tag else ""),
-                               {"model": model, "dataset": name, "dagster_run": context.run_id})
-            runs.append(lg)
-            return lg
-
         record = run_train(
-            model, name, out, seed=config.seed,
-            sets=[f"{k}={v}" for k, v in config.sets.items()],
-            grids=[f"{k}={','.join(v)}" for k, v in config.grid.items()],
-            device=compute.torch_device(), quiet=True, logger_factory=logger_factory,
+            model, name, out, **run_args(config), device=compute.torch_device(), quiet=True,
+            logger_factory=logger_factory(mlflow, context, model, config.seed),
         )
         context.add_output_metadata(
             {**headline(record), "mlflow_run_id": record.get("mlflow_run_id", ""),
@@ -126,20 +137,9 @@ def alignrec_model(
     else:
         features = config.features
     out = run_dir(name, "alignrec")
-    loggers: list = []
-
-    def logger_factory(tag: str | None = None):
-        lg = mlflow.logger(f"train-{name}", f"alignrec-s{config.seed}" + (f"-{tag}" if tag else ""),
-                           {"model": "alignrec", "dataset": name, "features": config.features,
-                            "dagster_run": context.run_id})
-        loggers.append(lg)
-        return lg
-
     record = run_train(
-        "alignrec", name, out, seed=config.seed,
-        sets=[f"{k}={v}" for k, v in config.sets.items()],
-        grids=[f"{k}={','.join(v)}" for k, v in config.grid.items()],
-        device=compute.torch_device(), quiet=True, logger_factory=logger_factory,
+        "alignrec", name, out, **run_args(config), device=compute.torch_device(), quiet=True,
+        logger_factory=logger_factory(mlflow, context, "alignrec", config.seed, features=config.features),
         features=features, export=True,
     )
     from alignrec.serving import log_recommender
