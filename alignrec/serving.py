@@ -28,15 +28,11 @@ def export_recommender(model, dataset, path: str | Path) -> Path:
 
     from alignrec import io
 
+    if not hasattr(model, "export_embeddings"):
+        raise TypeError(f"{type(model).__name__} does not export inner-product embeddings")
     model.eval()
     with torch.no_grad():
-        model.on_eval_start()
-        users = torch.arange(dataset.n_users, device=model.device)
-        user_emb, item_emb = model.export_embeddings() if hasattr(model, "export_embeddings") else (None, None)
-        if user_emb is None:
-            raise TypeError(f"{type(model).__name__} does not export inner-product embeddings")
-        model.on_eval_end()
-    del users
+        user_emb, item_emb = model.export_embeddings()
     train = dataset.matrix("train").tocsr()
     popularity = np.asarray(train.sum(axis=0)).ravel()
     with io.atomic_path(path) as tmp, open(tmp, "wb") as fh:

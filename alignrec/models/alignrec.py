@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
 from alignrec.models.base import (
+    InnerProductModel,
     ModelConfig,
-    RecModel,
     bpr_loss,
     normalized_adjacency,
     to_torch_sparse,
@@ -143,7 +143,7 @@ def _csr(matrix: sp.spmatrix) -> torch.Tensor:
     return to_torch_sparse(matrix).to_sparse_csr()
 
 
-class AlignRec(RecModel):
+class AlignRec(InnerProductModel):
     """AlignRec's stage-2 recommender over a feature table ``dataset.features[config.features]``."""
 
     config_class = AlignRecConfig
@@ -185,7 +185,6 @@ class AlignRec(RecModel):
         ii = item_item_graph(feats, k=cfg.knn_k)
         self.register_buffer("item_graph", _csr(ii), persistent=False)
         self.register_buffer("item_graph_t", _csr(ii.T), persistent=False)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ forward
     def forward(self) -> dict[str, torch.Tensor]:
@@ -214,7 +213,9 @@ class AlignRec(RecModel):
         views = self.forward()
         z, c, m = views["Z"], views["C"], views["M"]
         u_idx, p_idx, n_idx = users, pos + self.n_users, neg + self.n_users
-        z_u, z_p, z_n = z[u_idx], z[p_idx], z[n_idx]
+        # F.embedding gathers: their backward is deterministic with several threads,
+        # unlike advanced indexing's accumulate-put (repeated ids in a batch).
+        z_u, z_p, z_n = F.embedding(u_idx, z), F.embedding(p_idx, z), F.embedding(n_idx, z)
         terms = {
             "bpr": bpr_loss((z_u * z_p).sum(1), (z_u * z_n).sum(1)),
             "reg": cfg.reg_weight * final_embedding_reg(z_u, z_p, z_n),
@@ -234,27 +235,7 @@ class AlignRec(RecModel):
         terms["loss"] = sum(terms.values())
         return terms
 
-    # --------------------------------------------------------------- evaluation
-    def on_epoch_start(self, epoch: int) -> None:
-        self._cache = None
-
-    def on_eval_start(self) -> None:
-        with torch.no_grad():
-            z = self.forward()["Z"]
-            self._cache = (z[: self.n_users], z[self.n_users :])
-
-    def on_eval_end(self) -> None:
-        self._cache = None
-
-    def export_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final user and item embeddings: ``score(u, i) = <users[u], items[i]>``."""
         z = self.forward()["Z"]
         return z[: self.n_users], z[self.n_users :]
-
-    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            z = self.forward()["Z"]
-            user_all, item_all = z[: self.n_users], z[self.n_users :]
-        else:
-            user_all, item_all = self._cache
-        return user_all[users] @ item_all.T

@@ -70,6 +70,37 @@ class RecModel(nn.Module):
         return next(self.parameters()).device
 
 
+class InnerProductModel(RecModel):
+    """A model whose score is ``<user vector, item vector>``.
+
+    Subclasses implement :meth:`embeddings`; evaluation computes them once and
+    caches them, and serving exports them (:mod:`alignrec.serving`).
+    """
+
+    _cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user [U, d] and item [I, d] vectors."""
+        raise NotImplementedError
+
+    def export_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embeddings()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._cache = None
+
+    def on_eval_start(self) -> None:
+        with torch.no_grad():
+            self._cache = self.embeddings()
+
+    def on_eval_end(self) -> None:
+        self._cache = None
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        user_all, item_all = self._cache if self._cache is not None else self.embeddings()
+        return user_all[users] @ item_all.T
+
+
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """Mean of -log σ(s⁺ - s⁻), computed stably."""
     return -nn.functional.logsigmoid(pos_scores - neg_scores).mean()

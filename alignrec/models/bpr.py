@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from alignrec.data.dataset import Dataset
-from alignrec.models.base import ModelConfig, RecModel, bpr_loss, embedding_reg
+from alignrec.models.base import InnerProductModel, ModelConfig, bpr_loss, embedding_reg
 
 
 @dataclass
@@ -19,7 +19,7 @@ class BPRConfig(ModelConfig):
     reg_squared: bool = False  # False: MMRec's Σ||E||/B; True: Σ||E||²/2/B
 
 
-class BPR(RecModel):
+class BPR(InnerProductModel):
     """User and item ID embeddings; the score is their dot product."""
 
     config_class = BPRConfig
@@ -40,5 +40,5 @@ class BPR(RecModel):
         reg = embedding_reg(u, p, n, squared=self.config.reg_squared)
         return mf + self.config.reg_weight * reg
 
-    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_embedding(users) @ self.item_embedding.weight.T
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embedding.weight, self.item_embedding.weight

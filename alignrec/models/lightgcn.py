@@ -12,8 +12,8 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.models.base import (
+    InnerProductModel,
     ModelConfig,
-    RecModel,
     bpr_loss,
     embedding_reg,
     normalized_adjacency,
@@ -72,7 +72,7 @@ class _SymmetricSpMM(torch.autograd.Function):
         return None, ctx.adj.matmul(grad.contiguous())
 
 
-class LightGCN(RecModel):
+class LightGCN(InnerProductModel):
     """Users and items propagated ``n_layers`` times over D^-1/2 A D^-1/2 of the train graph."""
 
     config_class = LightGCNConfig
@@ -86,7 +86,6 @@ class LightGCN(RecModel):
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         # Â as CSR arrays; not parameters and not in the state dict (rebuilt from the data).
         self.adj = SparseRows(normalized_adjacency(dataset))
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _apply(self, fn, recurse=True):  # keep Â on the parameters' device
         out = super()._apply(fn, recurse)
@@ -118,19 +117,5 @@ class LightGCN(RecModel):
         )
         return mf + self.config.reg_weight * reg
 
-    def on_epoch_start(self, epoch: int) -> None:
-        self._cache = None
-
-    def on_eval_start(self) -> None:
-        with torch.no_grad():
-            self._cache = self.propagate()
-
-    def on_eval_end(self) -> None:
-        self._cache = None
-
-    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is not None:
-            user_all, item_all = self._cache
-        else:
-            user_all, item_all = self.propagate()
-        return user_all[users] @ item_all.T
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate()

@@ -132,7 +132,7 @@ def test_config_overrides_are_typed_and_checked():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["bpr", "lightgcn"])
+@pytest.mark.parametrize("model", ["bpr", "lightgcn", "alignrec"])
 def test_deterministic_with_two_threads(model):
     # big enough for torch's CPU kernels to actually split work between threads
     torch.set_num_threads(2)
