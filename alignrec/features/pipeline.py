@@ -94,5 +94,26 @@ def resolve_features(
     )
 
 
+def with_modalities(dataset, cache_dir: str | Path | None = None, *, progress: bool = True):
+    """``dataset`` with each raw item modality as ``features["mm:<name>"]``.
+
+    This is what the multimodal baselines read (see
+    :func:`alignrec.models.base.modality_features`): ``mm:text`` and ``mm:image`` from the
+    cached frozen encoders, ``mm:vec:<name>`` for precomputed vectors, each L2-normalised
+    per row with zeros for an item that lacks the modality. A dataset with no content
+    (``amazon-baby``) gets none.
+    """
+    import dataclasses
+
+    from alignrec.features.sets import raw_part, raw_parts
+
+    if not (dataset.has_text or dataset.has_images or dataset.features):
+        return dataset
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(dataset.name)
+    outputs = extract(dataset, cache_dir, progress=progress)
+    tables = {f"mm:{part}": raw_part(outputs, part) for part in raw_parts(outputs)}
+    return dataclasses.replace(dataset, features={**dataset.features, **tables})
+
+
 def _has(dataset, modality: str) -> bool:
     return dataset.has_text if modality == "text" else dataset.has_images

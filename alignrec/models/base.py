@@ -36,6 +36,9 @@ class RecModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     # Trainer settings this model's reference uses instead of TrainConfig's defaults.
     train_defaults: ClassVar[dict] = {}
+    # True for models that read the item modality tables (:func:`modality_features`);
+    # the benchmark skips them, saying why, on a dataset without content.
+    uses_modalities: ClassVar[bool] = False
 
     def __init__(self, dataset: Dataset, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -99,6 +102,38 @@ class InnerProductModel(RecModel):
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         user_all, item_all = self._cache if self._cache is not None else self.embeddings()
         return user_all[users] @ item_all.T
+
+
+MODALITY_PREFIX = "mm:"
+
+
+def modality_features(dataset: Dataset, model: str = "this model") -> dict[str, torch.Tensor]:
+    """The item modality tables a multimodal model consumes, by modality name.
+
+    They are the ``dataset.features`` entries keyed ``"mm:<name>"`` (``mm:text``,
+    ``mm:image``, ``mm:vec:vggish`` ...; see
+    :func:`alignrec.features.pipeline.with_modalities`), each float32 [n_items, D_m],
+    in sorted name order. A dataset without any raises a :class:`ConfigError` that
+    says so, which the benchmark turns into a skipped row.
+    """
+    from alignrec.errors import ConfigError
+
+    tables = {
+        key.removeprefix(MODALITY_PREFIX): torch.as_tensor(np.asarray(value, dtype=np.float32))
+        for key, value in sorted(dataset.features.items())
+        if key.startswith(MODALITY_PREFIX)
+    }
+    if not tables:
+        raise ConfigError(
+            f"{model} needs item modality features (dataset.features['mm:<name>']); "
+            f"dataset {dataset.name!r} has none"
+        )
+    for name, table in tables.items():
+        if table.ndim != 2 or table.shape[0] != dataset.n_items:
+            raise ConfigError(
+                f"modality {name!r}: expected [{dataset.n_items}, D], got {tuple(table.shape)}"
+            )
+    return tables
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
