@@ -18,17 +18,30 @@ import numpy as np
 import pandas as pd
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
+
+    The result gets the permissions a plain ``open``/``mkdir`` would give it (the
+    process umask applied to 0o666 / 0o777), not the private 0o600 / 0o700 of a
+    temporary file: artifacts are meant to be read by other users and services.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
         if is_dir:
