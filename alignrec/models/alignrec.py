@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,11 +27,32 @@ from alignrec.models.base import (
     InnerProductModel,
     ModelConfig,
     bpr_loss,
+    embedding_reg,
+    id_embeddings,
     normalized_adjacency,
-    to_torch_sparse,
 )
-from alignrec.models.lightgcn import _SymmetricSpMM
-from alignrec.similarity import sym_normalize_rows, topk_similarity
+from alignrec.models.multimodal import (
+    content_gate,
+    info_nce,
+    info_nce_by_id,
+    item_graph_view,
+    item_item_graph,
+    user_item_info_nce,
+)
+from alignrec.models.sparse import SparseTensorOp, mean_propagation
+
+# info_nce and item_item_graph live in alignrec.models.multimodal (MGCN shares them)
+# and stay importable from here.
+__all__ = [
+    "AlignRec",
+    "AlignRecConfig",
+    "final_embedding_reg",
+    "info_nce",
+    "info_nce_by_id",
+    "item_item_graph",
+    "similarity_preservation",
+    "uia_loss",
+]
 
 
 @dataclass
@@ -57,32 +77,6 @@ class AlignRecConfig(ModelConfig):
                 )
         if self.knn_k < 1 or self.n_layers < 0 or self.temperature <= 0:
             raise ConfigError("alignrec config: need knn_k >= 1, n_layers >= 0, temperature > 0")
-
-
-def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean InfoNCE with in-batch negatives; both views L2-normalised, the positive in the denominator."""
-    v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
-    logits = v1 @ v2.T / temperature
-    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
-
-
-def info_nce_by_id(
-    table1: torch.Tensor, table2: torch.Tensor, ids: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """``info_nce(table1[ids], table2[ids])``, computed over the distinct ids only.
-
-    A batch repeats ids (2,048 positives drawn from a small catalogue repeat a lot), and
-    a repeated id contributes identical rows and columns. Weighting each distinct id by
-    its count (a ``log count`` offset inside the log-sum-exp, a count weight on its row)
-    gives exactly the same loss and gradient on a U x U matrix instead of B x B.
-    """
-    uniq, counts = torch.unique(ids, return_counts=True)
-    v1 = F.normalize(table1[uniq], dim=1)
-    v2 = F.normalize(table2[uniq], dim=1)
-    logits = v1 @ v2.T / temperature
-    w = counts.to(logits.dtype)
-    per_row = torch.logsumexp(logits + w.log()[None, :], dim=1) - logits.diagonal()
-    return (per_row * w).sum() / w.sum()
 
 
 def uia_loss(z_u: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
@@ -115,32 +109,8 @@ def similarity_preservation(
 
 
 def final_embedding_reg(z_u: torch.Tensor, z_p: torch.Tensor, z_n: torch.Tensor) -> torch.Tensor:
-    """(||Z_u||² + ||Z_i+||² + ||Z_i-||²) / 2 / B."""
-    return (z_u.pow(2).sum() + z_p.pow(2).sum() + z_n.pow(2).sum()) / 2 / z_u.shape[0]
-
-
-def item_item_graph(
-    features: np.ndarray, k: int = 10, block_size: int | None = None
-) -> sp.csr_matrix:
-    """Top-k cosine graph of the item features, directed, with symmetric degree normalisation."""
-    return sym_normalize_rows(topk_similarity(features, k=k, shrink=0.0, block_size=block_size))
-
-
-class _SparseMM(torch.autograd.Function):
-    """A @ X for a fixed sparse A, with its transpose precomputed for the backward pass."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.a_t = a_t
-        return a @ x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:  # type: ignore[override]
-        return None, None, ctx.a_t @ grad
-
-
-def _csr(matrix: sp.spmatrix) -> torch.Tensor:
-    return to_torch_sparse(matrix).to_sparse_csr()
+    """(||Z_u||² + ||Z_i+||² + ||Z_i-||²) / 2 / B: :func:`embedding_reg` in its squared form."""
+    return embedding_reg(z_u, z_p, z_n, squared=True)
 
 
 class AlignRec(InnerProductModel):
@@ -166,8 +136,7 @@ class AlignRec(InnerProductModel):
                 f"got shape {feats.shape}"
             )
         d = cfg.embedding_size
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         self.item_features = nn.Parameter(
             torch.from_numpy(feats.copy()), requires_grad=cfg.train_features
         )
@@ -176,30 +145,18 @@ class AlignRec(InnerProductModel):
         self.proj = nn.Linear(feats.shape[1], d)  # W_m
         self.gate = nn.Linear(d, d)  # W_g, b_g
 
-        # Graphs are fixed, so they are buffers (moved with .to(device)) kept out of the state dict.
         adj = normalized_adjacency(dataset)
-        self.register_buffer("adj", _csr(adj), persistent=False)
-        r_hat = adj[: self.n_users, self.n_users :]  # R̂: the user -> item block of Â
-        self.register_buffer("r_hat", _csr(r_hat), persistent=False)
-        self.register_buffer("r_hat_t", _csr(r_hat.T), persistent=False)
-        ii = item_item_graph(feats, k=cfg.knn_k)
-        self.register_buffer("item_graph", _csr(ii), persistent=False)
-        self.register_buffer("item_graph_t", _csr(ii.T), persistent=False)
+        self.adj = SparseTensorOp(adj, symmetric=True)
+        self.r_hat = SparseTensorOp(adj[: self.n_users, self.n_users :])  # R̂: user -> item block
+        self.item_graph = SparseTensorOp(item_item_graph(feats, k=cfg.knn_k))
 
     # ------------------------------------------------------------------ forward
     def forward(self) -> dict[str, torch.Tensor]:
         """All views of every user and item: C (ID), M (multimodal) and Z = C + M."""
-        m = self.proj(self.item_features)
-        h = self.item_emb * torch.sigmoid(self.gate(m))
+        h = content_gate(self.item_emb, self.proj(self.item_features), self.gate)
         x = torch.cat([self.user_emb, self.item_emb], dim=0)
-        total = x
-        for _ in range(self.config.n_layers):
-            x = _SymmetricSpMM.apply(self.adj, x)
-            total = total + x
-        c = total / (self.config.n_layers + 1)
-        h = _SparseMM.apply(self.item_graph, self.item_graph_t, h)
-        g_u = _SparseMM.apply(self.r_hat, self.r_hat_t, h)
-        mm = torch.cat([g_u, h], dim=0)
+        c = mean_propagation(self.adj, x, self.config.n_layers)
+        mm = item_graph_view(h, self.item_graph, self.r_hat, hops=1)
         return {"C": c, "M": mm, "Z": c + mm}
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -211,11 +168,8 @@ class AlignRec(InnerProductModel):
         """Every weighted loss term of a batch, and their sum under ``loss``."""
         cfg = self.config
         views = self.forward()
-        z, c, m = views["Z"], views["C"], views["M"]
-        u_idx, p_idx, n_idx = users, pos + self.n_users, neg + self.n_users
-        # F.embedding gathers: their backward is deterministic with several threads,
-        # unlike advanced indexing's accumulate-put (repeated ids in a batch).
-        z_u, z_p, z_n = F.embedding(u_idx, z), F.embedding(p_idx, z), F.embedding(n_idx, z)
+        c, m = views["C"], views["M"]
+        z_u, z_p, z_n = self.node_rows(views["Z"], users, pos, neg)
         terms = {
             "bpr": bpr_loss((z_u * z_p).sum(1), (z_u * z_n).sum(1)),
             "reg": cfg.reg_weight * final_embedding_reg(z_u, z_p, z_n),
@@ -223,9 +177,8 @@ class AlignRec(InnerProductModel):
         if cfg.uia_weight > 0:
             terms["uia"] = cfg.uia_weight * uia_loss(z_u, z_p)
         if cfg.alpha > 0:
-            terms["cca"] = cfg.alpha * (
-                info_nce_by_id(m, c, p_idx, cfg.temperature)
-                + info_nce_by_id(m, c, u_idx, cfg.temperature)
+            terms["cca"] = cfg.alpha * user_item_info_nce(
+                m, c, users, pos + self.n_users, cfg.temperature
             )
         if cfg.beta > 0:
             uniq, counts = torch.unique(pos, return_counts=True)
@@ -237,5 +190,4 @@ class AlignRec(InnerProductModel):
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final user and item embeddings: ``score(u, i) = <users[u], items[i]>``."""
-        z = self.forward()["Z"]
-        return z[: self.n_users], z[self.n_users :]
+        return self.split_nodes(self.forward()["Z"])

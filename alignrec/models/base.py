@@ -15,8 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
+from alignrec.similarity import sym_normalize_rows
 
 
 @dataclass
@@ -103,6 +105,33 @@ class InnerProductModel(RecModel):
         user_all, item_all = self._cache if self._cache is not None else self.embeddings()
         return user_all[users] @ item_all.T
 
+    def split_nodes(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user rows [U, ...] and item rows [I, ...] of a users-then-items node table."""
+        return table[: self.n_users], table[self.n_users :]
+
+    def node_rows(
+        self, table: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows of a batch's users, positive and negative items in a node table.
+
+        ``table`` is users-then-items ([U + I, ...]); ``pos`` and ``neg`` are item ids.
+        Gathered by ``F.embedding``: its backward is deterministic with several threads,
+        unlike advanced indexing's accumulate-put (a batch repeats ids).
+        """
+        return (
+            F.embedding(users, table),
+            F.embedding(pos + self.n_users, table),
+            F.embedding(neg + self.n_users, table),
+        )
+
+
+def id_embeddings(n_users: int, n_items: int, dim: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """User [U, dim] and item [I, dim] ID embeddings, Xavier-uniform as in LightGCN and MMRec."""
+    return (
+        nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim))),
+        nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim))),
+    )
+
 
 MODALITY_PREFIX = "mm:"
 
@@ -155,22 +184,38 @@ def embedding_reg(*embeddings: torch.Tensor, squared: bool = False) -> torch.Ten
     return total / batch
 
 
+def binary_interactions(dataset: Dataset) -> sp.csr_matrix:
+    """The TRAIN user x item matrix R, float32, with every observed pair set to 1 (duplicates collapse)."""
+    r = dataset.matrix("train")
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    return r
+
+
+def interaction_graph(dataset: Dataset) -> sp.csr_matrix:
+    """Binary symmetric user-item graph A = [[0, R], [Rᵀ, 0]] of the TRAIN pairs.
+
+    Nodes are users ``0..U-1`` then items ``U..U+I-1``; no self-loops. Every user-item
+    graph of the models is a normalisation of this one.
+    """
+    r = binary_interactions(dataset)
+    return sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+
+
 def normalized_adjacency(dataset: Dataset) -> sp.csr_matrix:
     """Symmetric-normalised bipartite adjacency D^-1/2 A D^-1/2 of the TRAIN pairs.
 
-    Nodes are users ``0..U-1`` then items ``U..U+I-1``; A = [[0, R], [Rᵀ, 0]] with
-    R binary (duplicates collapse), no self-loops. Isolated nodes get zero rows.
+    A is :func:`interaction_graph`; isolated nodes get zero rows.
     """
-    r = dataset.matrix("train")
-    r.data[:] = 1.0
-    r.sum_duplicates()
-    r.data[:] = 1.0
-    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
-    deg = np.asarray(a.sum(axis=1)).ravel()
+    return sym_normalize_rows(interaction_graph(dataset))
+
+
+def mean_aggregation(adjacency: sp.spmatrix) -> sp.csr_matrix:
+    """D⁻¹ A: each node's mean over its neighbours (PyG ``aggr='mean'``); isolated rows stay 0."""
+    deg = np.asarray(adjacency.sum(axis=1)).ravel()
     with np.errstate(divide="ignore"):
-        inv_sqrt = np.where(deg > 0, deg**-0.5, 0.0).astype(np.float32)
-    d = sp.diags(inv_sqrt)
-    return (d @ a @ d).tocsr().astype(np.float32)
+        inv = np.where(deg > 0, 1.0 / deg, 0.0).astype(np.float32)
+    return (sp.diags(inv) @ adjacency).tocsr().astype(np.float32)
 
 
 def to_torch_sparse(matrix: sp.spmatrix, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -9,6 +9,7 @@ given seed. A new model gets these checks by being registered.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -76,6 +77,50 @@ def test_same_seed_same_model(name, data, one_epoch):
         first.model.state_dict().items(), again.model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), k
+
+
+REGISTERED = {"_parameters", "_buffers", "_modules"}  # what .to() moves
+
+
+def _held_tensors(value, path: str, seen: set[int]) -> Iterator[str]:
+    """Paths of the tensors reachable from ``value`` through plain attributes and containers."""
+    if id(value) in seen or isinstance(value, torch.nn.Module | type):
+        return  # submodules are walked by named_modules()
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _held_tensors(item, f"{path}[{key!r}]", seen)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _held_tensors(item, f"{path}[{i}]", seen)
+    elif hasattr(value, "__dict__"):
+        for key, item in vars(value).items():
+            yield from _held_tensors(item, f"{path}.{key}", seen)
+
+
+def _unregistered_tensors(model: torch.nn.Module) -> list[str]:
+    """Tensors a model holds outside its parameters and buffers (``.to()`` would miss them)."""
+    seen: set[int] = set()
+    return [
+        path
+        for prefix, module in model.named_modules()
+        for key, value in vars(module).items()
+        if key not in REGISTERED
+        for path in _held_tensors(value, f"{prefix}.{key}", seen)
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_graphs_and_caches_move_with_the_model(name, data):
+    torch.manual_seed(0)
+    model = MODELS[name](data)
+    model.on_epoch_start(0)
+    model.loss(torch.arange(8), torch.arange(8), torch.arange(8).flip(0))  # fills caches
+    model.to("meta")
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+    assert not _unregistered_tensors(model)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if MODELS[n].uses_modalities])

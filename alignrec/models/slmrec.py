@@ -1,0 +1,133 @@
+"""SLMRec (Tao et al., IEEE TMM 2022): self-supervised learning for multimedia recommendation.
+
+Every modality (L2-normalised features, projected to d) takes the place of the item
+ID embeddings in its own LightGCN pass over the user-item graph, next to the ID
+pass; users keep their ID embeddings in every pass. The user and item outputs of
+all passes are concatenated and mapped back to d by one linear layer each. The main
+loss is InfoNCE between users and their positive items with in-batch negatives; the
+self-supervised task is FAC (fine and coarse spaces): the ID view of the batch's
+items is mapped into a space shared with the first modality, then chained into
+coarser spaces shared with each next modality (the last of half the width), with
+an InfoNCE on raw dot products in each.
+
+Follows MMRec's ``slmrec.py`` with ``ssl_task: FAC`` and ``mm_fusion_mode: concat``
+(its only working settings) for what is computed, with any number of modalities:
+MMRec's image -> text chain goes through an unused audio space (two linear maps,
+d -> d -> d/2) where this one maps d -> d/2 directly. All passes run as one
+propagation of the side-by-side channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from alignrec.data.dataset import Dataset
+from alignrec.errors import ConfigError
+from alignrec.models.base import ModelConfig, id_embeddings, normalized_adjacency
+from alignrec.models.multimodal import MultimodalModel, info_nce
+from alignrec.models.sparse import EdgeGraph, mean_propagation
+
+
+@dataclass
+class SLMRecConfig(ModelConfig):
+    """Hyperparameters of SLMRec (MMRec searches learning_rate in {1e-4, 1e-3, 1e-2, 1e-1},
+    ssl_alpha in {0.01, 0.05, 0.1, 0.5, 1.0} and ssl_temp in {0.1, 0.2, 0.5, 1.0})."""
+
+    n_layers: int = 3  # LightGCN layers of every pass (MMRec: layer_num)
+    temperature: float = 0.2  # temperature of the main user-item InfoNCE (MMRec: temp)
+    ssl_alpha: float = 0.1  # weight of the FAC self-supervised loss
+    ssl_temp: float = 0.2  # temperature of the FAC InfoNCE terms
+
+    def __post_init__(self) -> None:
+        if self.n_layers < 0 or self.ssl_alpha < 0:
+            raise ConfigError("slmrec config: need n_layers >= 0 and ssl_alpha >= 0")
+        if self.temperature <= 0 or self.ssl_temp <= 0 or self.embedding_size < 2:
+            raise ConfigError("slmrec config: need temperatures > 0 and embedding_size >= 2")
+
+
+def fac_widths(d: int, n_modalities: int) -> list[int]:
+    """Width of the space shared with each modality: d, ..., d, then d // 2 for the last of several."""
+    return [d] * (n_modalities - 1) + [d // 2 if n_modalities > 1 else d]
+
+
+def xavier_linear(n_in: int, n_out: int) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    nn.init.xavier_uniform_(layer.weight)
+    return layer
+
+
+class SLMRec(MultimodalModel):
+    """SLMRec (FAC) over every modality table of the dataset (``features["mm:<name>"]``)."""
+
+    config_class = SLMRecConfig
+    # MMRec's SLMRec config sets Adam's weight_decay to 1e-4.
+    train_defaults: ClassVar[dict] = {"weight_decay": 1e-4}
+
+    def __init__(self, dataset: Dataset, config: SLMRecConfig | None = None) -> None:
+        super().__init__(dataset, config)
+        tables = self.modality_tables(dataset)
+        n_mod, d = len(tables), self.config.embedding_size
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
+        # Fixed L2-normalised features: buffers rebuilt from the data, not in the state dict.
+        for i, table in enumerate(tables.values()):
+            self.register_buffer(f"modal_features_{i}", F.normalize(table, dim=1), persistent=False)
+        self.dense = nn.ModuleList([xavier_linear(t.shape[1], d) for t in tables.values()])
+        self.user_out = xavier_linear(d * (n_mod + 1), d)
+        self.item_out = xavier_linear(d * (n_mod + 1), d)
+        widths = fac_widths(d, n_mod)
+        self.fac_id = xavier_linear(d, widths[0])  # MMRec: g_i_iv
+        self.fac_modal = nn.ModuleList([xavier_linear(d, w) for w in widths])  # g_v_iv, g_t_ivat
+        # Chain from each space into the next, coarser one (MMRec: g_iv_iva then g_iva_ivat).
+        self.fac_chain = nn.ModuleList([xavier_linear(a, b) for a, b in pairwise(widths)])
+        self.adj = EdgeGraph(normalized_adjacency(dataset))
+
+    def passes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """LightGCN outputs of the ID pass and every modality pass, side by side.
+
+        Users [U, (M+1) d] and items [I, (M+1) d]; channel 0 is the ID pass.
+        """
+        n_mod = len(self.modalities)
+        items = [self.item_emb] + [
+            dense(getattr(self, f"modal_features_{i}")) for i, dense in enumerate(self.dense)
+        ]
+        x = torch.cat([self.user_emb.repeat(1, n_mod + 1), torch.cat(items, dim=1)], dim=0)
+        return self.split_nodes(mean_propagation(self.adj, x, self.config.n_layers))
+
+    def fac_loss(self, item_passes: torch.Tensor) -> torch.Tensor:
+        """FAC over a batch's item rows [B, (M+1) d]: one InfoNCE per modality space."""
+        d = self.config.embedding_size
+        channels = item_passes.split(d, dim=1)
+        z = self.fac_id(channels[0])
+        total = torch.zeros((), device=item_passes.device)
+        for j, head in enumerate(self.fac_modal):
+            if j > 0:
+                z = self.fac_chain[j - 1](z)
+            logits = (z / self.config.ssl_temp) @ head(channels[j + 1]).T
+            total = total + F.cross_entropy(logits, torch.arange(len(z), device=z.device))
+        return total
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(users, pos)["loss"]
+
+    def loss_terms(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Main InfoNCE of the observed pairs, the weighted FAC loss, and their sum."""
+        user_passes, item_passes = self.passes()
+        batch_items = F.embedding(items, item_passes)
+        u = self.user_out(F.embedding(users, user_passes))
+        i = self.item_out(batch_items)
+        terms = {
+            "main": info_nce(u, i, self.config.temperature),
+            "ssl": self.config.ssl_alpha * self.fac_loss(batch_items),
+        }
+        terms["loss"] = terms["main"] + terms["ssl"]
+        return terms
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        user_passes, item_passes = self.passes()
+        return self.user_out(user_passes), self.item_out(item_passes)
