@@ -75,6 +75,17 @@ from alignrec.commands import bench_graph as _bench_graph_cmds  # noqa: E402
 
 app.command("bench-graph")(_bench_graph_cmds.bench_graph_command)
 
+# The final benchmark (alignrec.commands.benchmark).
+from alignrec.commands import benchmark as _benchmark_cmds  # noqa: E402
+
+app.command("benchmark")(_benchmark_cmds.benchmark_command)
+
+# Model registry and serving (alignrec.commands.registry).
+from alignrec.commands import registry as _registry_cmds  # noqa: E402
+
+app.add_typer(_registry_cmds.registry_app, name="registry")
+app.command("recommend")(_registry_cmds.recommend_command)
+
 
 def main() -> None:
     set_offline()

@@ -5,7 +5,9 @@ embeddings (score = dot product), the training interactions to exclude, and the
 original ids. ``predict`` takes a table with a ``user_id`` column (optional ``k``
 and ``exclude``: a list of item ids per row) and returns the top-k item ids with
 their scores. A user's training items are never recommended. An unknown user
-gets the most popular training items, flagged ``fallback="popular"``.
+gets the most popular training items, flagged ``fallback="popular"``. Give ``k``
+on every row or on none (the ``k`` parameter is the default): MLflow's schema check
+refuses an integer column with missing values.
 
 This module imports mlflow; import it only where MLflow is wanted.
 """
@@ -38,8 +40,8 @@ def export_recommender(model, dataset, path: str | Path) -> Path:
     with io.atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
-            user_emb=user_emb.cpu().numpy().astype(np.float32),
-            item_emb=item_emb.cpu().numpy().astype(np.float32),
+            user_emb=user_emb.detach().cpu().numpy().astype(np.float32),
+            item_emb=item_emb.detach().cpu().numpy().astype(np.float32),
             indptr=train.indptr,
             indices=train.indices,
             user_ids=np.asarray(dataset.users["user_id"].astype(str).tolist(), dtype=str),
@@ -109,17 +111,55 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    from mlflow.models import infer_signature
+    """The pyfunc's contract: a table of users (optional ``k`` and ``exclude`` per row) in,
+    one row per recommended item out, and a default ``k`` as a parameter."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    example_in = pd.DataFrame({"user_id": ["1"], "k": [10]})
-    example_out = pd.DataFrame({"user_id": ["1"], "rank": [1], "item_id": ["1"], "score": [1.0],
-                                "fallback": [""]})
-    return infer_signature(example_in, example_out, params={"k": 10})
+    inputs = Schema([
+        ColSpec("string", "user_id"),
+        ColSpec("long", "k", required=False),
+        ColSpec(Array("string"), "exclude", required=False),
+    ])
+    outputs = Schema([
+        ColSpec("string", "user_id"),
+        ColSpec("long", "rank"),
+        ColSpec("string", "item_id"),
+        ColSpec("double", "score"),
+        ColSpec("string", "fallback"),
+    ])
+    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", 10)]))
+
+
+def input_example(export_path: str | Path) -> pd.DataFrame:
+    """A request for the first exported user's top 10, excluding the first item."""
+    with np.load(export_path, allow_pickle=False) as z:
+        user, item = str(z["user_ids"][0]), str(z["item_ids"][0])
+    return pd.DataFrame({"user_id": [user], "k": [10], "exclude": [[item]]})
+
+
+SERVING_PACKAGES = ("mlflow", "alignrec", "cloudpickle", "numpy", "pandas")
+
+
+def pip_requirements() -> list[str]:
+    """The serving environment, pinned to what is installed here: what the pyfunc imports
+    (given explicitly, because mlflow's inference loads the model in a subprocess: ~7 s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in SERVING_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def log_recommender(export_path: str | Path, run_id: str, registered_name: str | None = None,
                     tracking_uri: str | None = None):
-    """Log the exported recommender as a pyfunc model in ``run_id``; register it when named."""
+    """Log the exported recommender as a pyfunc model named ``recommender`` in ``run_id``,
+    with its signature and an input example; register it when ``registered_name`` is given
+    (:func:`alignrec.registry.register_recommender` registers with tags and aliases)."""
     import mlflow
 
     if tracking_uri:
@@ -130,6 +170,8 @@ def log_recommender(export_path: str | Path, run_id: str, registered_name: str |
             python_model=RecommenderModel(),
             artifacts={"recommender": str(export_path)},
             signature=signature(),
+            input_example=input_example(export_path),
+            pip_requirements=pip_requirements(),
             registered_model_name=registered_name,
         )
     return info

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from alignrec.env import set_offline
-from orchestration.assets import data, features, training
+from orchestration.assets import benchmark, data, features, training
 from orchestration.partitions import dataset_partitions
 from orchestration.resources import ComputeResource, MLflowResource
 
@@ -38,7 +38,7 @@ pipeline_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*data.assets, *features.assets, *training.assets],
+    assets=[*data.assets, *features.assets, *training.assets, *benchmark.assets],
     asset_checks=[*data.checks, *features.checks],
     jobs=[data_job, pipeline_job],
     resources={"mlflow": MLflowResource(), "compute": ComputeResource()},

@@ -116,7 +116,8 @@ def registered_name(dataset: str) -> str:
     partitions_def=dataset_partitions,
     kinds={"pytorch", "mlflow"},
     description="AlignRec stage 2 on the stage-1 features: early-stopped on valid recall@20, "
-    "tested once, logged to MLflow and registered as alignrec-<dataset>.",
+    "tested once, logged to MLflow and registered as alignrec-<dataset> (the challenger; "
+    "the champion when its valid recall@20 beats the champion's).",
 )
 def alignrec_model(
     context: dg.AssetExecutionContext,
@@ -142,18 +143,19 @@ def alignrec_model(
         logger_factory=logger_factory(mlflow, context, "alignrec", config.seed, features=config.features),
         features=features, export=True,
     )
-    from alignrec.serving import log_recommender
+    from alignrec.registry import register_recommender
 
-    info = log_recommender(out / "recommender.npz", record["mlflow_run_id"],
-                           registered_name(name), tracking_uri=mlflow.uri())
-    version = getattr(info, "registered_model_version", None)
+    decision = register_recommender(out, record, registered_name(name), tracking_uri=mlflow.uri())
     context.add_output_metadata(
         {**headline(record), "mlflow_run_id": record["mlflow_run_id"],
-         "registered_model": registered_name(name), "version": str(version),
+         "registered_model": registered_name(name), "version": decision.challenger_version,
+         "promoted": decision.accepted, "champion": str(decision.serving_version),
+         "promotion": dg.MetadataValue.md(decision.markdown()),
          "features": config.features, "folder": dg.MetadataValue.path(str(out))}
     )
     return {**record, "folder": str(out), "registered_model": registered_name(name),
-            "version": version}
+            "version": decision.challenger_version, "promoted": decision.accepted,
+            "champion": decision.serving_version}
 
 
 assets.append(alignrec_model)

@@ -19,6 +19,7 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
             "bpr_model": {"config": fast},
             "lightgcn_model": {"config": fast},
             "alignrec_model": {"config": fast},
+            "benchmark": {"config": {"models": ["bpr", "vbpr", "alignrec"], "seeds": 2, **fast}},
             "stage1_features": {"config": {"overrides": {"epochs": "1", "num_layers": "1",
                                                          "codebook_size": "8", "codebook_sample": "500"}}},
         }
@@ -31,11 +32,20 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
     assert evals and all(e.passed for e in evals)
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"dataset", "stage1_features", "alignrec_model", "zero_shot_eval", "item_cf_eval",
-            "mask_modality_eval", "bpr_model", "lightgcn_model"} <= materialized
+            "mask_modality_eval", "bpr_model", "lightgcn_model", "benchmark"} <= materialized
+
+    bench = result.output_for_node("benchmark")
+    assert set(bench["models"]) == {"bpr", "vbpr", "alignrec"} and not bench["skipped"]
+    assert bench["alignrec_features"] == result.output_for_node("stage1_features")["features"]
+    assert 0.0 <= bench["models"]["bpr"]["p_wilcoxon_vs_alignrec"] <= 1.0
 
     ar = result.output_for_node("alignrec_model")
     assert ar["registered_model"] == "alignrec-synthetic" and ar["version"] is not None
     assert 0.0 <= ar["test"]["recall@20"] <= 1.0 and ar["mlflow_run_id"]
+    assert ar["promoted"] and ar["champion"] == ar["version"] == "1"  # the first is the champion
+    [mat] = [e.materialization for e in result.get_asset_materialization_events()
+             if e.asset_key.to_user_string() == "alignrec_model"]
+    assert "| challenger | v1 |" in mat.metadata["promotion"].value
     zs = result.output_for_node("zero_shot_eval")["results"]
     assert {r["features"] for r in zs} >= {"raw:text", "raw:image", "raw:tags", "raw:concat", "stage1"}
 

@@ -13,7 +13,7 @@ from alignrec.training import MetricLogger
 def test_library_does_not_import_orchestration_packages():
     code = (
         "import sys, alignrec.training, alignrec.evaluation, alignrec.models, alignrec.tracking, "
-        "alignrec.commands.train, alignrec.commands.bench\n"
+        "alignrec.commands.train, alignrec.commands.bench, alignrec.registry, alignrec.commands.registry\n"
         "bad = [m for m in ('mlflow', 'dagster', 'dvc', 'great_expectations') if m in sys.modules]\n"
         "assert not bad, bad"
     )

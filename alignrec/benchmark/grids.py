@@ -1,0 +1,49 @@
+"""The hyperparameter grid of each model in the benchmark, in one place.
+
+Each grid is a small slice (2-4 points, sized for a 2-core CPU) of the values the
+reference implementations search: MMRec's ``src/configs/model/<MODEL>.yaml`` for
+the baselines and the AlignRec release's ``ALIGNREC.yaml``. Keys are config keys
+as :func:`alignrec.training.resolve_configs` accepts them (a model's config
+dataclass field, or a :class:`~alignrec.training.TrainConfig` field). A model
+without an entry trains once per seed with its defaults. The winner is chosen on
+validation recall@20, on seed 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    # MMRec BPR.yaml: reg_weight in {2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5}
+    "bpr": {"reg_weight": [1e-1, 1e-3, 1e-5]},
+    # MMRec LightGCN: n_layers in {1, 2, 3, 4} x reg_weight in {1e-2, ..., 1e-6}
+    "lightgcn": {"n_layers": [2, 3], "reg_weight": [1e-3, 1e-4]},
+    # AlignRec release: cl_loss (our alpha) in {1e-4, 1e-3, 5e-3, 1e-2, 1e-1}
+    "alignrec": {"alpha": [1e-3, 1e-2, 1e-1]},
+    # MMRec VBPR.yaml: reg_weight in {2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5}
+    "vbpr": {"reg_weight": [1e-1, 1e-3, 1e-5]},
+    # MMRec MMGCN.yaml: reg_weight in {0, 1e-5, ..., 1e-1} x learning_rate in {1e-4, ..., 1e-2}
+    # (the slowest baseline: two points)
+    "mmgcn": {"reg_weight": [1e-5, 1e-3]},
+    # MMRec GRCN.yaml: reg_weight in {1e-1, ..., 1e-5} x learning_rate in {1, ..., 1e-4}
+    "grcn": {"reg_weight": [1e-2, 1e-4]},
+    # MMRec DualGNN.yaml: reg_weight in {1e-1, ..., 1e-5} x learning_rate in {1e-1, ..., 1e-5}
+    "dualgnn": {"reg_weight": [1e-2, 1e-4]},
+    # MMRec LATTICE.yaml: reg_weight in {0, 1e-5, 1e-4, 1e-3} x learning_rate in {1e-4, ..., 5e-3}
+    "lattice": {"reg_weight": [0.0, 1e-4]},
+    # MMRec BM3.yaml: n_layers in {1, 2} x dropout in {0.3, 0.5} x reg_weight in {0.1, 0.01}
+    "bm3": {"dropout": [0.3, 0.5], "reg_weight": [1e-1, 1e-2]},
+    # MMRec SLMRec.yaml: ssl_alpha in {0.01, 0.05, 0.1, 0.5, 1.0} x ssl_temp x learning_rate x reg
+    "slmrec": {"ssl_alpha": [0.01, 0.1, 0.5]},
+    # MMRec FREEDOM.yaml: dropout in {0.8, 0.9} x reg_weight in {0, 1e-5, 1e-4, 1e-3}
+    "freedom": {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-4]},
+    # MMRec MGCN.yaml: cl_loss (our cl_weight) in {1e-3, 1e-2, 1e-1}
+    "mgcn": {"cl_weight": [1e-3, 1e-2, 1e-1]},
+}
+
+
+def model_grid(
+    model: str, grids: dict[str, dict[str, list[Any]]] | None = None
+) -> dict[str, list[Any]]:
+    """The grid searched for ``model`` (``{}``: train with the defaults)."""
+    return dict((GRIDS if grids is None else grids).get(model.lower(), {}))

@@ -1,0 +1,378 @@
+"""The benchmark report: ``report.json``, ``report.md`` and ``plots/``.
+
+Figures are test metrics of each run at its best validation epoch, as mean and
+sample standard deviation (ddof=1) over seeds. AlignRec is compared with each
+baseline by paired tests over the test users on recall@20, each user's value
+averaged over the seeds first: the Wilcoxon signed-rank test
+(``scipy.stats.wilcoxon``, two-sided) and the paired t-test
+(``scipy.stats.ttest_rel``). Where every paired difference is zero, both p-values are 1.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignrec import io
+from alignrec.benchmark.runner import OURS, BenchmarkResult, ModelRuns, per_user_test
+from alignrec.errors import DataError
+
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+SHORT = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
+TEST_METRIC = "recall@20"  # what the paired tests compare, per user
+
+# MMRec's published full-ranking results (docs/alignrec.md §6): R@10, R@20, N@10, N@20.
+# ``multimodal`` rows used MMRec's image and text features, not the ones here.
+PUBLISHED: dict[str, dict[str, dict[str, Any]]] = {
+    "amazon-baby": {
+        "bpr": {"values": (0.0357, 0.0575, 0.0192, 0.0249), "multimodal": False},
+        "lightgcn": {"values": (0.0479, 0.0754, 0.0257, 0.0328), "multimodal": False},
+        "vbpr": {"values": (0.0423, 0.0663, 0.0223, 0.0284), "multimodal": True},
+        "lattice": {"values": (0.0547, 0.0850, 0.0292, 0.0370), "multimodal": True},
+        "bm3": {"values": (0.0564, 0.0883, 0.0301, 0.0383), "multimodal": True},
+        "freedom": {"values": (0.0627, 0.0992, 0.0330, 0.0424), "multimodal": True},
+    },
+    "amazon-sports": {
+        "bpr": {"values": (0.0432, 0.0653, 0.0241, 0.0298), "multimodal": False},
+        "lightgcn": {"values": (0.0569, 0.0864, 0.0311, 0.0387), "multimodal": False},
+        "vbpr": {"values": (0.0558, 0.0856, 0.0307, 0.0384), "multimodal": True},
+        "lattice": {"values": (0.0620, 0.0953, 0.0335, 0.0421), "multimodal": True},
+        "bm3": {"values": (0.0656, 0.0980, 0.0355, 0.0438), "multimodal": True},
+        "freedom": {"values": (0.0717, 0.1089, 0.0385, 0.0481), "multimodal": True},
+    },
+}
+
+
+def key(metric: str, split: str = "test") -> str:
+    """The report.json name of a metric: ``recall@20`` -> ``test_recall_at_20``."""
+    return f"{split}_{metric.replace('@', '_at_')}"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def model_summary(runs: ModelRuns) -> dict[str, Any]:
+    """Mean, std and per-seed values of the test metrics, valid recall@20, timings, winner."""
+    out: dict[str, Any] = {"seeds": len(runs.records)}
+    for split, metrics in (("test", METRICS), ("valid", ("recall@20",))):
+        for m in metrics:
+            values = [float(r[split][m]) for r in runs.records]
+            out[f"{key(m, split)}_mean"], out[f"{key(m, split)}_std"] = _mean_std(values)
+            out[f"{key(m, split)}_per_seed"] = values
+    for field in ("train_seconds", "epochs_run", "best_epoch"):
+        values = [float(r[field]) for r in runs.records]
+        out[f"{field}_mean"] = float(np.mean(values))
+        out[f"{field}_per_seed"] = values
+    out["grid_points"] = int(np.prod([len(v) for v in runs.grid.values()])) if runs.grid else 1
+    out["winner"] = dict(runs.winner)
+    out["runs_reused"] = int(sum(runs.reused))
+    return out
+
+
+def seed_averaged(runs: ModelRuns, metric: str = TEST_METRIC) -> tuple[np.ndarray, np.ndarray]:
+    """(users, each test user's ``metric`` averaged over the model's seeds)."""
+    users, first = per_user_test(runs.folders[0], metric)
+    total = first.astype(np.float64).copy()
+    for folder in runs.folders[1:]:
+        u, v = per_user_test(folder, metric)
+        if not np.array_equal(u, users):
+            raise DataError("test users differ between seeds", file=folder / "per_user.npz")
+        total += v
+    return users, total / len(runs.folders)
+
+
+def paired_tests(
+    ours: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]
+) -> dict[str, float]:
+    """Wilcoxon and paired-t p-values of two per-user samples, paired on their common users."""
+    from scipy import stats
+
+    common, i, j = np.intersect1d(ours[0], other[0], assume_unique=True, return_indices=True)
+    a, b = ours[1][i], other[1][j]
+    if len(common) == 0 or np.all(a == b):
+        return {"p_wilcoxon": 1.0, "p_ttest": 1.0, "paired_users": int(len(common))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_w = float(stats.wilcoxon(a, b).pvalue)
+        p_t = float(stats.ttest_rel(a, b).pvalue)
+    return {"p_wilcoxon": _unit(p_w), "p_ttest": _unit(p_t), "paired_users": int(len(common))}
+
+
+def _unit(p: float) -> float:
+    return 1.0 if math.isnan(p) else min(max(p, 0.0), 1.0)
+
+
+def build_report(result: BenchmarkResult) -> dict[str, Any]:
+    """The ``report.json`` object: per model figures, p-values, gains, skipped, timings."""
+    models = {m: model_summary(r) for m, r in result.models.items()}
+    report: dict[str, Any] = {
+        "dataset": result.dataset,
+        "seeds": result.seeds,
+        "alignrec_features": result.features,
+        "selection": "grid on seed 0, winner by valid recall@20; test scored once per run",
+        "significance": f"test {TEST_METRIC} per user averaged over seeds; Wilcoxon signed-rank "
+        "(scipy.stats.wilcoxon, two-sided) and paired t-test (scipy.stats.ttest_rel)",
+        "models": models,
+        "skipped": dict(result.skipped),
+        "wall_seconds": round(result.wall_seconds, 3),
+        "runs_trained": sum(len(r.reused) - sum(r.reused) for r in result.models.values()),
+        "runs_reused": sum(sum(r.reused) for r in result.models.values()),
+    }
+    baselines = [m for m in models if m != OURS]
+    if OURS in models and baselines:
+        ours = seed_averaged(result.models[OURS])
+        for m in baselines:
+            tests = paired_tests(ours, seed_averaged(result.models[m]))
+            models[m].update({f"{k}_vs_{OURS}": v for k, v in tests.items()})
+        report["gain"], report["best_baseline"] = {}, {}
+        for metric in METRICS:
+            k = f"{key(metric)}_mean"
+            best = max(baselines, key=lambda b: models[b][k])
+            ref = models[best][k]
+            report["best_baseline"][key(metric)] = best
+            report["gain"][key(metric)] = (models[OURS][k] - ref) / ref if ref > 0 else None
+    if result.dataset in PUBLISHED:
+        report["published"] = {
+            m: {key(metric): v for metric, v in zip(METRICS, row["values"], strict=True)}
+            for m, row in PUBLISHED[result.dataset].items()
+        }
+    return report
+
+
+def _cell(summary: dict[str, Any], metric: str) -> str:
+    k = key(metric)
+    return f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else (f"{value:.2e}" if value < 1e-3 else f"{value:.3f}")
+
+
+def results_table(report: dict[str, Any]) -> str:
+    """The main markdown table: test metrics mean ± std, time per run, epochs, p-values."""
+    models = report["models"]
+    head = [
+        "model",
+        *(SHORT[m] for m in METRICS),
+        "train s/run",
+        "epochs",
+        "best epoch",
+        f"p Wilcoxon vs {OURS}",
+        f"p t-test vs {OURS}",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, s in models.items():
+        label = f"**{name}**" if name == OURS else name
+        row = [
+            label,
+            *(_cell(s, m) for m in METRICS),
+            f"{s['train_seconds_mean']:.1f}",
+            f"{s['epochs_run_mean']:.1f}",
+            f"{s['best_epoch_mean']:.1f}",
+            _p(s.get(f"p_wilcoxon_vs_{OURS}")),
+            _p(s.get(f"p_ttest_vs_{OURS}")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    if report.get("gain"):
+        cells = []
+        for metric in METRICS:
+            g, best = report["gain"][key(metric)], report["best_baseline"][key(metric)]
+            cells.append("-" if g is None else f"{100 * g:+.1f}% vs {best}")
+        lines.append(
+            f"| {OURS} gain over the best baseline | "
+            + " | ".join(cells)
+            + " |"
+            + " |" * (len(head) - 1 - len(METRICS))
+        )
+    return "\n".join(lines)
+
+
+def _grid_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
+    lines = ["| model | searched | winner | valid R@20 (seed 0) |", "|---|---|---|---|"]
+    for name, runs in result.models.items():
+        searched = "; ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in runs.grid.items())
+        winner = ", ".join(f"{k}={v}" for k, v in runs.winner.items())
+        valid = report["models"][name][f"{key('recall@20', 'valid')}_per_seed"][0]
+        lines.append(
+            f"| {name} | {searched or 'defaults'} | {winner or 'defaults'} | {valid:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _published_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
+    models = report["models"]
+    lines = [
+        "| model | source | " + " | ".join(SHORT[m] for m in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+    asked = set(result.models) | set(result.skipped)
+    for name, row in PUBLISHED[result.dataset].items():
+        if name not in asked:
+            continue
+        source = (
+            "published (MMRec), different features" if row["multimodal"] else "published (MMRec)"
+        )
+        lines.append(
+            f"| {name} | {source} | " + " | ".join(f"{v:.4f}" for v in row["values"]) + " |"
+        )
+        ours = (
+            " | ".join(_cell(models[name], m) for m in METRICS)
+            if name in models
+            else " | ".join(["skipped"] * len(METRICS))
+        )
+        lines.append(f"| {name} | ours | {ours} |")
+    return "\n".join(lines)
+
+
+def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
+    """``report.md``: results, gains and p-values, grid winners, published numbers, skipped."""
+    seeds = result.seeds
+    parts = [
+        f"# Benchmark on {result.dataset}",
+        "",
+        f"{seeds} seed(s) per model (0..{seeds - 1}). Hyperparameters are chosen on **validation** "
+        "recall@20 over each model's grid (`alignrec/benchmark/grids.py`) on seed 0; the winner is "
+        "retrained on the other seeds. Each run is early-stopped on validation and scored on test "
+        "once, at its best epoch.",
+        "",
+        "## Test metrics",
+        "",
+        results_table(report),
+        "",
+        "Cells are mean ± sample std (ddof=1) over seeds; `train s/run`, `epochs` (epochs run) and "
+        "`best epoch` (0-based) are means over the seeds. p-values compare AlignRec with each "
+        f"baseline over the {_paired_users(report)} test users on recall@20, each user's value "
+        "averaged over seeds: Wilcoxon signed-rank (scipy.stats.wilcoxon, two-sided) and paired "
+        "t-test (scipy.stats.ttest_rel). The gain row is AlignRec's relative difference to the best "
+        "baseline of each column.",
+    ]
+    if result.features:
+        parts += ["", f"AlignRec's item features: `{result.features}`."]
+    parts += ["", "## Grid winners (seed 0)", "", _grid_table(result, report)]
+    if result.dataset in PUBLISHED and (set(result.models) | set(result.skipped)) & set(
+        PUBLISHED[result.dataset]
+    ):
+        parts += [
+            "",
+            "## Published MMRec numbers",
+            "",
+            "From the MMRec benchmark (docs/alignrec.md §6), beside ours. Its multimodal rows "
+            "used MMRec's image and text features, not the ones here, so only the ID-only rows "
+            "(BPR, LightGCN) are a like-for-like reproduction.",
+            "",
+            _published_table(result, report),
+        ]
+    if result.skipped:
+        parts += ["", "## Skipped", ""]
+        parts += [f"- **{m}**: {reason}" for m, reason in result.skipped.items()]
+    if result.models:
+        parts += [
+            "",
+            "## Plots",
+            "",
+            *(f"![{m}](plots/{_plot_name(m)})" for m in METRICS),
+            "![validation curves](plots/valid_curves.png)",
+        ]
+    parts += [
+        "",
+        f"Wall time {report['wall_seconds']:.1f}s; {report['runs_trained']} run(s) trained, "
+        f"{report['runs_reused']} reused from an earlier benchmark.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _paired_users(report: dict[str, Any]) -> str:
+    counts = {s.get(f"paired_users_vs_{OURS}") for s in report["models"].values()} - {None}
+    return str(counts.pop()) if len(counts) == 1 else "common"
+
+
+def _plot_name(metric: str) -> str:
+    return f"{key(metric)}.png"
+
+
+def _new_figure(width: float = 7.0, height: float = 4.0):
+    """A figure on the Agg canvas, without pyplot (no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_plots(result: BenchmarkResult, report: dict[str, Any], folder: Path) -> list[Path]:
+    """A bar chart with std error bars per metric, and validation recall@20 per epoch (seed 0)."""
+    import json
+
+    names = list(report["models"])
+    paths = []
+    for metric in METRICS:
+        fig = _new_figure(max(5.0, 1.0 + 0.8 * len(names)))
+        ax = fig.add_subplot()
+        s = [report["models"][n] for n in names]
+        colors = ["tab:red" if n == OURS else "tab:blue" for n in names]
+        ax.bar(
+            names,
+            [x[f"{key(metric)}_mean"] for x in s],
+            yerr=[x[f"{key(metric)}_std"] for x in s],
+            color=colors,
+            capsize=4,
+        )
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(f"{result.dataset}: test {metric} (mean ± std over {result.seeds} seeds)")
+        ax.tick_params(axis="x", labelrotation=30)
+        path = folder / _plot_name(metric)
+        fig.savefig(path)
+        paths.append(path)
+    fig = _new_figure(8.0)
+    ax = fig.add_subplot()
+    for i, (name, runs) in enumerate(result.models.items()):
+        history = json.loads((runs.folders[0] / "history.json").read_text())
+        ax.plot(
+            [h["epoch"] + 1 for h in history],
+            [h["valid/recall@20"] for h in history],
+            label=name,
+            linewidth=2.0 if name == OURS else 1.2,
+            linestyle=("-", "--", ":")[i // 10 % 3],
+        )  # the 10 default colours repeat
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid recall@20")
+    ax.set_title(f"{result.dataset}: validation recall@20 per epoch (seed 0)")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    path = folder / "valid_curves.png"
+    fig.savefig(path)
+    paths.append(path)
+    return paths
+
+
+def write_report(result: BenchmarkResult) -> dict[str, Any]:
+    """Write ``report.json``, ``plots/`` and ``report.md`` (last) into ``result.out``, atomically."""
+    report = build_report(result)
+    result.report = report
+    result.out.mkdir(parents=True, exist_ok=True)
+    if result.models:
+        with io.atomic_path(result.plots, is_dir=True) as tmp:
+            write_plots(result, report, tmp)
+    io.write_json(result.report_json, report)
+    with io.atomic_path(result.report_md) as tmp:
+        tmp.write_text(render_markdown(result, report))
+    return report
+
+
+__all__ = [
+    "METRICS",
+    "PUBLISHED",
+    "build_report",
+    "key",
+    "paired_tests",
+    "render_markdown",
+    "results_table",
+    "write_report",
+]

@@ -1,0 +1,534 @@
+"""Run the benchmark: every model on one dataset, selected on validation, over several seeds.
+
+For each model the grid of :mod:`alignrec.benchmark.grids` is searched on seed 0
+(:func:`alignrec.training.grid_search`: every point early-stopped on validation
+recall@20, only the winner scored on test), then the winning configuration is
+retrained on seeds ``1..n-1``. Every run writes the files of ``alignrec train``
+(:func:`alignrec.commands.train.write_run`) under ``<out>/runs/<model>/s<seed>/``
+plus ``benchmark.json``, written last, holding the run's cache key: a hash of the
+resolved configs (every grid point's for seed 0), the seed, and the data the model
+reads. A rerun reuses every run whose key still matches, so a benchmark killed
+midway resumes at the run where it stopped, and a changed grid or config reruns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignrec import io
+from alignrec.commands.train import with_content_features, write_run
+from alignrec.data.dataset import Dataset
+from alignrec.errors import ConfigError
+from alignrec.models import MODELS, get_model_class
+from alignrec.models.base import MODALITY_PREFIX
+from alignrec.training import (
+    TrainingError,
+    config_to_dict,
+    evaluate_test_once,
+    grid_points,
+    grid_search,
+    resolve_configs,
+    train,
+)
+
+log = logging.getLogger("alignrec.benchmark")
+
+OURS = "alignrec"  # the model compared with every baseline
+CONTENT_KEY = "content"  # the feature table AlignRec reads (AlignRecConfig.features)
+RUN_FILES = ("metrics.json", "per_user.npz", "history.json")
+STAMP = "benchmark.json"  # a finished run's cache key, written after its files
+# Train keys that change neither what is learned nor the scores.
+_NOT_IN_KEY = ("quiet", "eval_batch_size")
+
+# ``logger_factory(model, seed, tag)``: the metric logger of one training run (tag
+# ``g<i>`` for grid point i on seed 0, None otherwise), or None for no logging.
+LoggerFactory = Callable[[str, int, str | None], Any]
+
+
+@dataclass
+class ModelRuns:
+    """One model's runs, seed order.
+
+    Attributes:
+        model: registered name.
+        records: the ``metrics.json`` record of each seed.
+        folders: each seed's run folder.
+        reused: whether each run came from an earlier benchmark.
+        winner: the grid point chosen on validation (``{}`` without a grid).
+        grid: the grid searched (``{}``: defaults only).
+    """
+
+    model: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    reused: list[bool] = field(default_factory=list)
+    winner: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` ran, skipped and reported.
+
+    Attributes:
+        dataset: the dataset's name.
+        out: the benchmark folder (``report.md``, ``report.json``, ``plots/``, ``runs/``).
+        seeds: seeds per model (``0..seeds-1``).
+        models: the models that ran, in the order asked.
+        skipped: model -> why it did not run.
+        features: the feature set AlignRec read (None when it did not run).
+        report: the contents of ``report.json``.
+        wall_seconds: wall time of this call.
+    """
+
+    dataset: str
+    out: Path
+    seeds: int
+    models: dict[str, ModelRuns]
+    skipped: dict[str, str]
+    features: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def report_md(self) -> Path:
+        return self.out / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.out / "report.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.out / "plots"
+
+
+def default_out(dataset: str) -> Path:
+    """``artifacts/benchmark/<dataset>/``."""
+    from alignrec.paths import artifacts_root
+
+    return artifacts_root() / "benchmark" / dataset
+
+
+def run_benchmark(
+    dataset: str | Dataset,
+    models: list[str] | None = None,
+    seeds: int = 3,
+    out: str | Path | None = None,
+    features: str | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+    logger_factory: LoggerFactory | None = None,
+    grids: dict[str, dict[str, list[Any]]] | None = None,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    skip: dict[str, str] | None = None,
+) -> BenchmarkResult:
+    """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
+
+    Args:
+        dataset: a registered dataset name, or an in-memory :class:`Dataset`.
+        models: registered model names (default: every model in ``MODELS``).
+        seeds: runs per model; seed 0 searches the grid, seeds 1.. retrain the winner.
+        out: the benchmark folder (default ``artifacts/benchmark/<dataset>/``).
+        features: AlignRec's item features, as ``alignrec train --features`` takes them
+            (a ``.npy``, ``raw:concat``, ``fusion:<folder>``). By default a ``content``
+            table the dataset already holds, else the stage-1 features
+            ``artifacts/datasets/<name>/stage1/features.npy``; without either AlignRec
+            is skipped with the reason.
+        threads: torch intra-op threads (None: torch's default).
+        device: torch device of every run.
+        logger_factory: see :data:`LoggerFactory` (the CLI and Dagster pass MLflow's).
+        grids: model -> grid, replacing :data:`alignrec.benchmark.grids.GRIDS` (a model
+            absent from it trains with its defaults).
+        progress: a bar over runs and one line per finished run (else the lines are logged).
+        overrides: config keys set for every run (``{"epochs": 50}``); a key set here
+            is dropped from the grids.
+        skip: models not to run, with the reason the report gives (the Dagster asset
+            skips AlignRec when stage 1 was skipped).
+
+    The report is written only once every run has finished (see
+    :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
+    or content the dataset lacks are skipped, with the reason in the report.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    if int(seeds) < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    names = model_names(models)
+    base = {"quiet": True, **(overrides or {})}  # the bar over runs replaces the epoch bars
+    plan = {m: _model_grid(m, base, grids) for m in names}  # validates every config first
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    data = _load(dataset)
+    out = Path(out) if out is not None else default_out(data.name)
+    skip = {m.lower(): reason for m, reason in (skip or {}).items()}
+    asked = [m for m in names if m not in skip]
+    data, skipped, feature_spec = prepare_inputs(data, asked, features, progress=progress)
+    skipped = {m: skip.get(m) or skipped[m] for m in names if m in skip or m in skipped}
+    todo = [m for m in names if m not in skipped]
+    signature = _DataSignature(data)
+    bar = tqdm(
+        total=len(todo) * seeds,
+        disable=not progress,
+        desc=f"benchmark {data.name}",
+        unit="run",
+        dynamic_ncols=True,
+    )
+    say = tqdm.write if progress else log.info
+
+    def on_run(run: tuple[str, dict[str, Any], bool]) -> None:
+        say(run_line(*run))
+        bar.update(1)
+
+    ran: dict[str, ModelRuns] = {}
+    try:
+        for m in todo:
+            bar.set_postfix_str(m)
+            runs = ModelRuns(m, grid=plan[m])
+            try:
+                _run_model(
+                    runs, data, signature, int(seeds), base, out, device, logger_factory, on_run
+                )
+            except TrainingError as exc:
+                log.warning("%s failed: %s", m, exc)
+                skipped[m] = f"training failed: {exc}"
+                bar.update(int(seeds) - len(runs.records))
+                continue
+            ran[m] = runs
+    finally:
+        bar.close()
+    result = BenchmarkResult(
+        data.name, out, int(seeds), ran, skipped, feature_spec if OURS in ran else None
+    )
+    from alignrec.benchmark.report import write_report
+
+    result.wall_seconds = time.perf_counter() - t_start
+    write_report(result)
+    return result
+
+
+def run_line(model: str, rec: dict[str, Any], reused: bool = False) -> str:
+    """One progress line for a finished run: its test figures, epochs and time."""
+    test = rec.get("test") or {}
+    figures = "  ".join(
+        f"{k}={test[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if k in test
+    )
+    point = rec.get("grid_point")
+    return (
+        f"{model} s{rec['seed']}: {figures}  valid recall@20={rec['valid']['recall@20']:.4f}  "
+        f"{rec['epochs_run']} epochs (best {rec['best_epoch']}), {rec['train_seconds']:.1f}s"
+        + (f"  grid winner {point}" if point else "")
+        + ("  [reused]" if reused else "")
+    )
+
+
+def model_names(models: list[str] | None) -> list[str]:
+    """Registered, lower-cased, de-duplicated names in the order given (default: all)."""
+    if not models:
+        return list(MODELS)
+    names: list[str] = []
+    for m in models:
+        get_model_class(m)  # ConfigError naming the registered models
+        if m.lower() not in names:
+            names.append(m.lower())
+    return names
+
+
+def _model_grid(model: str, base: dict[str, Any], grids) -> dict[str, list[Any]]:
+    """``model``'s grid without the keys ``base`` sets; every point's config checked."""
+    from alignrec.benchmark.grids import model_grid
+
+    grid = {k: v for k, v in model_grid(model, grids).items() if k not in base}
+    for point in grid_points(grid) if grid else [{}]:
+        resolve_configs(model, {**base, **point})
+    return grid
+
+
+def _load(dataset: str | Dataset) -> Dataset:
+    if isinstance(dataset, Dataset):
+        return dataset
+    from alignrec import data as data_layer
+
+    return data_layer.load_dataset(dataset)
+
+
+def has_content(data: Dataset) -> bool:
+    """Whether items carry any content: text, images or precomputed vectors."""
+    return data.has_text or data.has_images or bool(data.features)
+
+
+def _has_modalities(data: Dataset) -> bool:
+    return any(k.startswith(MODALITY_PREFIX) for k in data.features)
+
+
+def prepare_inputs(
+    data: Dataset, models: list[str], features: str | None, *, progress: bool = True
+) -> tuple[Dataset, dict[str, str], str | None]:
+    """Add what the models read to ``data``; say which models cannot run and why.
+
+    Returns the dataset (with ``mm:<name>`` modality tables when a multimodal model is
+    asked for, and AlignRec's ``content`` table), the skipped models with their
+    reasons, and the name of AlignRec's feature set.
+    """
+    skipped: dict[str, str] = {}
+    multimodal = [m for m in models if get_model_class(m).uses_modalities]
+    if multimodal and not _has_modalities(data):
+        if has_content(data):
+            from alignrec.features.pipeline import with_modalities
+
+            data = with_modalities(data, progress=progress)
+        if not _has_modalities(data):
+            for m in multimodal:
+                skipped[m] = (
+                    f"multimodal model: dataset {data.name!r} has no item modalities "
+                    "(no text, images or precomputed vectors)"
+                )
+    spec = None
+    if OURS in models:
+        data, spec, reason = _content(data, features)
+        if reason:
+            skipped[OURS] = reason
+    return data, skipped, spec
+
+
+def stage1_path(dataset: str) -> Path:
+    """Where the ``stage1_features`` asset writes a dataset's stage-1 item features."""
+    from alignrec.paths import dataset_artifacts
+
+    return dataset_artifacts(dataset) / "stage1" / "features.npy"
+
+
+def _content(data: Dataset, features: str | None) -> tuple[Dataset, str | None, str | None]:
+    """(dataset with AlignRec's ``content`` table, its spec, or the reason AlignRec is skipped)."""
+    if features is not None:
+        return with_content_features(data, features), features, None
+    if CONTENT_KEY in data.features:
+        return data, f"dataset features[{CONTENT_KEY!r}]", None
+    if not has_content(data):
+        return (
+            data,
+            None,
+            (
+                f"dataset {data.name!r} has no item content (text, images or "
+                "vectors), so there are no stage-1 features for AlignRec"
+            ),
+        )
+    path = stage1_path(data.name)
+    if path.is_file():
+        return with_content_features(data, str(path)), str(path), None
+    return (
+        data,
+        None,
+        (
+            f"no stage-1 features at {path}: materialize stage1_features, run "
+            f"`alignrec pretrain-features --dataset {data.name} --out {path}`, or "
+            "pass --features (e.g. raw:concat)"
+        ),
+    )
+
+
+class _DataSignature:
+    """Digests of what a model reads from the dataset, for the run cache keys."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+        inter = data.interactions  # hashed as a whole: no split is singled out (or read)
+        h = hashlib.sha256(f"{data.n_users}x{data.n_items}".encode())
+        for column in ("user", "item"):
+            h.update(np.ascontiguousarray(inter[column].to_numpy(dtype=np.int64)).tobytes())
+        h.update("\n".join(inter["split"].astype(str)).encode())
+        self.interactions = h.hexdigest()
+        self._features: dict[str, str] = {}
+
+    def feature(self, key: str) -> str:
+        if key not in self._features:
+            arr = np.ascontiguousarray(self.data.features[key])
+            h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
+            h.update(arr.tobytes())
+            self._features[key] = h.hexdigest()
+        return self._features[key]
+
+    def of(self, model: str, model_config: Any) -> dict[str, str]:
+        """The interactions' digest and that of each feature table ``model`` reads."""
+        keys = (
+            [k for k in self.data.features if k.startswith(MODALITY_PREFIX)]
+            if get_model_class(model).uses_modalities
+            else []
+        )
+        own = getattr(model_config, "features", None)
+        if isinstance(own, str) and own in self.data.features:
+            keys.append(own)
+        return {"interactions": self.interactions, **{k: self.feature(k) for k in sorted(keys)}}
+
+
+def _resolved(model: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    train_cfg, model_cfg = resolve_configs(model, overrides)
+    train_d = {k: v for k, v in config_to_dict(train_cfg).items() if k not in _NOT_IN_KEY}
+    return {"train": train_d, "model": config_to_dict(model_cfg)}, model_cfg
+
+
+def run_key(model: str, seed: int, configs: list[dict[str, Any]], data: dict[str, str]) -> str:
+    """The cache key of a run: model, seed, resolved config(s) and data digests."""
+    blob = json.dumps(
+        {"model": model, "seed": seed, "configs": configs, "data": data},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cached_record(folder: Path, key: str) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` record when ``folder`` holds a finished run with ``key``."""
+    stamp = folder / STAMP
+    if not stamp.is_file() or not all((folder / f).is_file() for f in RUN_FILES):
+        return None
+    if json.loads(stamp.read_text()).get("key") != key:
+        return None
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _run_model(
+    runs: ModelRuns,
+    data: Dataset,
+    signature: _DataSignature,
+    seeds: int,
+    base: dict[str, Any],
+    out: Path,
+    device: str,
+    logger_factory: LoggerFactory | None,
+    on_run: Callable[[tuple[str, dict[str, Any], bool]], Any],
+) -> None:
+    """Seed 0 (the grid, if any), then the winner on seeds 1..n-1; each run cached."""
+    model = runs.model
+    points = grid_points(runs.grid) if runs.grid else [{}]
+    for seed in range(seeds):
+        candidates = points if seed == 0 else [runs.winner]
+        resolved = [_resolved(model, {**base, **p}) for p in candidates]
+        key = run_key(model, seed, [r[0] for r in resolved], signature.of(model, resolved[0][1]))
+        folder = out / "runs" / model / f"s{seed}"
+        record = cached_record(folder, key)
+        reused = record is not None
+        if record is None:
+            (folder / STAMP).unlink(missing_ok=True)
+            make = _bind(logger_factory, model, seed)
+            if seed == 0 and len(points) > 1:
+                record = _train_grid(model, data, runs.grid, base, device, folder, make)
+            else:
+                record = _train_once(
+                    model, data, {**base, **candidates[0]}, seed, device, folder, make
+                )
+            io.write_json(
+                folder / STAMP,
+                {
+                    "key": key,
+                    "seed": seed,
+                    "configs": [r[0] for r in resolved],
+                    "point": candidates[0] if len(candidates) == 1 else None,
+                },
+            )
+        if seed == 0:
+            runs.winner = dict(record.get("grid_point") or points[0])
+        runs.records.append(record)
+        runs.folders.append(folder)
+        runs.reused.append(reused)
+        on_run((model, record, reused))
+
+
+def _bind(factory: LoggerFactory | None, model: str, seed: int) -> Callable[[str | None], Any]:
+    return lambda tag=None: factory(model, seed, tag) if factory is not None else None
+
+
+def _close(logger: Any, ok: bool) -> None:
+    close = getattr(logger, "close", None)
+    if close is not None:
+        close("FINISHED" if ok else "FAILED")
+
+
+def _log_test(logger: Any, result: Any, folder: Path) -> None:
+    """The winner's test metrics (at its best epoch) and run files, to its logger."""
+    if logger is None:
+        return
+    logger.log_metrics(
+        {**result.test.prefixed("test"), "best_epoch": result.best_epoch}, step=result.best_epoch
+    )
+    logger.log_artifact(folder / "metrics.json")
+    logger.log_artifact(folder / "per_user.npz")
+
+
+def _train_once(model, data, overrides, seed, device, folder, make_logger) -> dict[str, Any]:
+    """Train one configuration, then score its best epoch on test once."""
+    lg = make_logger(None)
+    ok = False
+    try:
+        result = train(model, data, overrides, lg, seed=seed, device=device, evaluate_test=False)
+        evaluate_test_once(result, data, device)
+        record = write_run(folder, result)
+        _log_test(lg, result, folder)
+        ok = True
+        return record
+    finally:
+        _close(lg, ok)
+
+
+def _train_grid(model, data, grid, base, device, folder, make_logger) -> dict[str, Any]:
+    """Search ``grid`` on seed 0 selecting on validation, then score the winner on test once."""
+    loggers: list[Any] = []
+
+    def factory(i: int, point: dict[str, Any]):
+        lg = make_logger(f"g{i}")
+        loggers.append(lg)
+        return lg
+
+    ok = False
+    try:
+        g = grid_search(
+            model,
+            data,
+            grid,
+            base,
+            seed=0,
+            device=device,
+            logger_factory=factory,
+            evaluate_test=False,
+        )
+        evaluate_test_once(g.best, data, device)
+        record = write_run(folder, g.best, g)
+        _log_test(loggers[g.winner_index], g.best, folder)
+        ok = True
+        return record
+    finally:
+        for lg in loggers:
+            _close(lg, ok)
+
+
+def per_user_test(folder: Path, metric: str = "recall@20") -> tuple[np.ndarray, np.ndarray]:
+    """(users, values) of a run's per-user test ``metric`` from its ``per_user.npz``."""
+    with np.load(folder / "per_user.npz") as z:
+        return z["test/users"], z[f"test/{metric}"]
+
+
+__all__ = [
+    "OURS",
+    "BenchmarkResult",
+    "ModelRuns",
+    "cached_record",
+    "default_out",
+    "model_names",
+    "prepare_inputs",
+    "run_benchmark",
+    "run_key",
+    "stage1_path",
+]

@@ -1,0 +1,92 @@
+"""``alignrec benchmark``: every model on one dataset, validation-selected, over seeds.
+
+Writes ``report.md``, ``report.json``, ``plots/`` and ``runs/<model>/s<seed>/`` into
+``--out`` (default ``artifacts/benchmark/<dataset>/``); finished runs are reused on
+a rerun. See :mod:`alignrec.benchmark`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def split_models(values: list[str] | None) -> list[str] | None:
+    """``["bpr,lightgcn", "alignrec"]`` -> ``["bpr", "lightgcn", "alignrec"]`` (None: all)."""
+    names = [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+    return names or None
+
+
+def benchmark_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--models", help="models to run, comma-separated or repeated (default: all)"),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="seeds per model; the grid is searched on seed 0")] = 3,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features",
+            help="AlignRec's item features: a .npy (one row per item), raw:concat, fusion:<folder> ... "
+            "(default: the stage-1 features in artifacts/datasets/NAME/stage1/features.npy)",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="default artifacts/benchmark/DATASET")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads (0: torch's default)")] = 0,
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="config key=value for every run, e.g. epochs=100 (repeatable)"),
+    ] = None,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            help="log every run and a summary run to the experiment benchmark-DATASET",
+        ),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+) -> None:
+    """Benchmark the models on DATASET: grids selected on validation, test over seeds, a report."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from alignrec.benchmark import run_benchmark
+    from alignrec.benchmark.report import results_table
+    from alignrec.training import parse_assignments
+
+    tracking = None
+    if mlflow:
+        from alignrec.benchmark.tracking import BenchmarkTracking
+
+        tracking = BenchmarkTracking(dataset)
+    try:
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            result = run_benchmark(
+                dataset,
+                split_models(models),
+                seeds,
+                out,
+                features,
+                threads or None,
+                device,
+                logger_factory=tracking.logger_factory if tracking else None,
+                progress=progress,
+                overrides=parse_assignments(sets),
+            )
+    except BaseException:
+        if tracking is not None:
+            tracking.fail()
+        raise
+    if tracking is not None:
+        tracking.log_report(result)
+    typer.echo(results_table(result.report))
+    for model, reason in result.skipped.items():
+        typer.echo(f"skipped {model}: {reason}")
+    typer.echo(f"wrote {result.report_md} ({result.wall_seconds:.1f}s)")
+    if tracking is not None:
+        typer.echo(f"MLflow: experiment benchmark-{result.dataset}, summary run {tracking.run_id}")

@@ -1,0 +1,105 @@
+"""``alignrec registry list|promote`` and ``alignrec recommend``: the registry and serving
+from the command line (see :mod:`alignrec.registry` and :mod:`alignrec.serving`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+registry_app = typer.Typer(
+    no_args_is_help=True,
+    help="Registered models: list versions, move the champion alias (roll back).",
+)
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking and registry URI "
+        "(default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
+    ),
+]
+
+
+@registry_app.command("list")
+def registry_list(
+    model: Annotated[
+        str, typer.Option("--model", help="registered model name, e.g. alignrec-lastfm-2k")
+    ],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Print every version of MODEL with its aliases, headline metrics and data version."""
+    from alignrec.cli import _print_table
+    from alignrec.registry import list_versions, registry_client
+
+    rows = list_versions(registry_client(tracking_uri), model)
+    if not rows:
+        typer.echo(f"{model} has no versions")
+        return
+    columns = [c for c in rows[0] if c not in ("code_version", "run_id")]
+    _print_table([tuple(r[c] for c in columns) for r in rows], header=tuple(columns))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    model: Annotated[str, typer.Option("--model", help="registered model name")],
+    version: Annotated[int, typer.Option("--version", help="the version to serve")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Make VERSION the champion of MODEL, whatever its metrics: the rollback."""
+    from alignrec.registry import CHAMPION, promote, registry_client
+
+    previous = promote(registry_client(tracking_uri), model, version)
+    before = f"v{previous}" if previous else "none"
+    typer.echo(f"{model}@{CHAMPION}: {before} -> v{version}")
+
+
+def recommend_command(
+    model: Annotated[
+        str, typer.Option("--model", help="model URI, e.g. models:/alignrec-lastfm-2k@champion")
+    ],
+    users: Annotated[list[str], typer.Option("--user", help="user id (repeatable)")],
+    k: Annotated[int, typer.Option("--k", min=1, help="items per user")] = 10,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="item id never to recommend (repeatable)")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Top-K items for each USER from a logged or registered recommender.
+
+    A user the model has not seen gets the most popular training items, flagged
+    "popular" in the fallback column.
+    """
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from alignrec.cli import _print_table
+    from alignrec.errors import ConfigError
+    from alignrec.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model)
+    except MlflowException as exc:
+        raise ConfigError(f"cannot load {model} from {uri}: {exc.message}") from exc
+    request = pd.DataFrame(
+        {"user_id": users, "k": [k] * len(users), "exclude": [list(exclude or [])] * len(users)}
+    )
+    table = pyfunc.predict(request)
+    columns = ["user_id", "rank", "item_id", "score", "fallback"]
+    _print_table(
+        [
+            (r.user_id, r.rank, r.item_id, f"{r.score:.4f}", r.fallback or "-")
+            for r in table[columns].itertuples(index=False)
+        ],
+        header=tuple(columns),
+    )
+    for user in table.loc[table["fallback"] != "", "user_id"].unique():
+        typer.echo(f"note: user {user} is unknown to the model: most popular items instead")

@@ -1,0 +1,308 @@
+"""The benchmark on a tiny in-memory dataset: the report, selection on validation only,
+resuming from finished runs, and models skipped for lack of their inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import alignrec.data
+from alignrec import cli
+from alignrec.benchmark import run_benchmark
+from alignrec.benchmark import runner as runner_mod
+from alignrec.benchmark.report import METRICS, key
+from alignrec.benchmark.tracking import BenchmarkTracking
+from alignrec.models import BPR, MODELS
+from alignrec.training import MemoryLogger
+from alignrec.training import train as real_train
+from tests.training.synth import clustered
+from tests.training.test_grid import LockedTestDataset
+
+FAST = {"epochs": 2, "batch_size": 64}
+GRIDS = {"bpr": {"reg_weight": [1e-3, 1e-5]}, "alignrec": {"alpha": [0.01, 0.1]}}
+# One registered multimodal baseline, when there is one, runs on the dataset's mm: tables.
+MULTIMODAL = [m for m, cls in MODELS.items() if cls.uses_modalities][:1]
+ASKED = ["bpr", "lightgcn", *MULTIMODAL, "alignrec"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench")
+    return run_benchmark(
+        clustered(0), ASKED, seeds=2, out=out, grids=GRIDS, progress=False, overrides=FAST
+    )
+
+
+def _records(result, model):
+    return [
+        json.loads((result.out / "runs" / model / f"s{s}" / "metrics.json").read_text())
+        for s in range(2)
+    ]
+
+
+def test_report_files_are_written_and_agree_with_the_runs(bench):
+    report = json.loads(bench.report_json.read_text())
+    assert set(report["models"]) == set(ASKED) and report["skipped"] == {}
+    for model in ASKED:
+        summary, records = report["models"][model], _records(bench, model)
+        for metric in METRICS:
+            values = [r["test"][metric] for r in records]
+            assert summary[f"{key(metric)}_per_seed"] == values
+            assert summary[f"{key(metric)}_mean"] == pytest.approx(np.mean(values))
+            assert summary[f"{key(metric)}_std"] == pytest.approx(np.std(values, ddof=1))
+        assert summary["train_seconds_mean"] == pytest.approx(
+            np.mean([r["train_seconds"] for r in records])
+        )
+        assert summary["epochs_run_per_seed"] == [2.0, 2.0]
+        if model != "alignrec":
+            for test in ("wilcoxon", "ttest"):
+                assert 0.0 <= summary[f"p_{test}_vs_alignrec"] <= 1.0
+            assert summary["paired_users_vs_alignrec"] == 60
+    for metric in METRICS:
+        k = f"{key(metric)}_mean"
+        best = max((m for m in ASKED if m != "alignrec"), key=lambda m: report["models"][m][k])
+        assert report["best_baseline"][key(metric)] == best
+        ref = report["models"][best][k]
+        assert report["gain"][key(metric)] == pytest.approx(
+            (report["models"]["alignrec"][k] - ref) / ref
+        )
+    md = bench.report_md.read_text()
+    assert "| **alignrec** |" in md and "gain over the best baseline" in md
+    assert "scipy.stats.wilcoxon" in md and "## Grid winners" in md
+    for name in [*(f"{key(m)}.png" for m in METRICS), "valid_curves.png"]:
+        assert (bench.plots / name).read_bytes()[:8] == PNG
+
+
+def test_grid_winner_is_the_best_on_validation_and_is_retrained_on_other_seeds(bench):
+    s0 = bench.out / "runs" / "bpr" / "s0"
+    rows = json.loads((s0 / "grid.json").read_text())
+    best = max(rows, key=lambda r: r["valid/recall@20"])
+    assert best["winner"] and bench.models["bpr"].winner == best["point"]
+    s1 = json.loads((bench.out / "runs" / "bpr" / "s1" / "config.json").read_text())
+    assert s1["model"]["reg_weight"] == best["point"]["reg_weight"]
+    assert not (bench.out / "runs" / "lightgcn" / "s0" / "grid.json").exists()  # no grid given
+
+
+def test_selection_never_reads_test(monkeypatch, tmp_path):
+    ds = clustered(1)
+    locked = LockedTestDataset(
+        ds.name,
+        ds.n_users,
+        ds.n_items,
+        ds.interactions,
+        ds.items,
+        ds.users,
+        ds.features,
+        ds.meta,
+        lock=[True],
+    )
+    real, scored = runner_mod.evaluate_test_once, []
+
+    def score_after_selection(result, dataset, device="cpu"):
+        locked.lock[0] = False  # the run is fixed: its test split may be read, once
+        try:
+            scored.append(result.model_name)
+            return real(result, dataset, device)
+        finally:
+            locked.lock[0] = True
+
+    monkeypatch.setattr(runner_mod, "evaluate_test_once", score_after_selection)
+    result = run_benchmark(
+        locked,
+        ["bpr", "alignrec"],
+        seeds=2,
+        out=tmp_path,
+        grids=GRIDS,
+        progress=False,
+        overrides=FAST,
+    )
+    assert sorted(scored) == ["alignrec", "alignrec", "bpr", "bpr"]  # once per run
+    assert set(result.models) == {"bpr", "alignrec"}
+
+
+def test_a_rerun_reuses_finished_runs_and_reruns_what_changed(bench, monkeypatch, tmp_path):
+    out = tmp_path / "bench"
+    shutil.copytree(bench.out, out)
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("retrained")
+
+    monkeypatch.setattr(runner_mod, "train", no_training)
+    monkeypatch.setattr(runner_mod, "grid_search", no_training)
+    again = run_benchmark(
+        clustered(0), ASKED, seeds=2, out=out, grids=GRIDS, progress=False, overrides=FAST
+    )
+    assert again.report["runs_reused"] == 2 * len(ASKED) and again.report["runs_trained"] == 0
+    before = json.loads(bench.report_json.read_text())["models"]
+    assert (
+        again.report["models"]["bpr"]["test_recall_at_20_mean"]
+        == before["bpr"]["test_recall_at_20_mean"]
+    )
+
+    # A run killed before it finished (no stamp) is the only one trained again.
+    (out / "runs" / "lightgcn" / "s1" / runner_mod.STAMP).unlink()
+    calls = []
+    monkeypatch.setattr(
+        runner_mod, "train", lambda *a, **k: calls.append(a[0]) or real_train(*a, **k)
+    )
+
+    resumed = run_benchmark(
+        clustered(0), ASKED, seeds=2, out=out, grids=GRIDS, progress=False, overrides=FAST
+    )
+    assert calls == ["lightgcn"] and resumed.report["runs_trained"] == 1
+
+    # A changed grid (or config) reruns that model's seed 0.
+    with pytest.raises(RuntimeError, match="retrained"):
+        run_benchmark(
+            clustered(0),
+            ["bpr"],
+            seeds=2,
+            out=out,
+            progress=False,
+            overrides=FAST,
+            grids={"bpr": {"reg_weight": [1e-2, 1e-3]}},
+        )
+    assert json.loads((out / "report.json").read_text())["runs_trained"] == 1  # report kept
+
+
+class FakeMultimodal(BPR):
+    """Stands in for a multimodal baseline: only its flag matters here."""
+
+    uses_modalities = True
+
+
+def test_models_without_their_inputs_are_skipped_with_a_reason(monkeypatch, tmp_path):
+    monkeypatch.setitem(MODELS, "fakemm", FakeMultimodal)
+    bare = dataclasses.replace(clustered(2, modalities=False), features={})  # like amazon-baby
+    result = run_benchmark(
+        bare,
+        ["bpr", "fakemm", "alignrec", "lightgcn"],
+        seeds=1,
+        out=tmp_path,
+        progress=False,
+        overrides=FAST,
+        grids={},
+        skip={"lightgcn": "not wanted here"},
+    )
+    assert list(result.models) == ["bpr"]
+    assert "no item modalities" in result.skipped["fakemm"]
+    assert "no item content" in result.skipped["alignrec"]
+    assert result.skipped["lightgcn"] == "not wanted here"
+    report = json.loads(result.report_json.read_text())
+    assert report["skipped"] == result.skipped and "gain" not in report
+    md = result.report_md.read_text()
+    assert "## Skipped" in md and "**fakemm**: multimodal model" in md
+
+
+def test_published_numbers_sit_beside_ours_on_amazon_baby(tmp_path):
+    baby = dataclasses.replace(clustered(3, modalities=False), name="amazon-baby", features={})
+    result = run_benchmark(
+        baby,
+        ["bpr", "vbpr" if "vbpr" in MODELS else "bpr"],
+        seeds=1,
+        out=tmp_path,
+        progress=False,
+        overrides=FAST,
+        grids={},
+    )
+    md = result.report_md.read_text()
+    assert "## Published MMRec numbers" in md and "| bpr | published (MMRec) | 0.0357" in md
+    assert result.report["published"]["bpr"]["test_recall_at_20"] == 0.0575
+    if "vbpr" in MODELS:
+        assert "| vbpr | published (MMRec), different features |" in md
+        assert "| vbpr | ours | skipped |" in md
+
+
+def test_tracking_nests_training_runs_under_a_summary_run(tmp_path):
+    made: list[tuple[str, str, dict, MemoryLogger]] = []
+
+    def new_logger(experiment, run_name, tags):
+        lg = MemoryLogger()
+        lg.run_id, lg.closed = f"run{len(made)}", None
+        lg.close = lambda status="FINISHED", lg=lg: setattr(lg, "closed", status)
+        lg.log_artifacts = lambda folder, path=None, lg=lg: lg.artifacts.append(f"{path}/")
+        made.append((experiment, run_name, tags, lg))
+        return lg
+
+    tracking = BenchmarkTracking("clustered", new_logger, {"dagster_run": "r1"})
+    result = run_benchmark(
+        clustered(0),
+        ["bpr", "alignrec"],
+        seeds=2,
+        out=tmp_path,
+        progress=False,
+        overrides=FAST,
+        grids={"bpr": GRIDS["bpr"]},
+        logger_factory=tracking.logger_factory,
+    )
+    tracking.log_report(result)
+    experiments = {e for e, *_ in made}
+    assert experiments == {"benchmark-clustered"}
+    summary = made[0][3]
+    names = [n for _, n, _, _ in made[1:]]
+    assert names == ["bpr-s0-g0", "bpr-s0-g1", "bpr-s1", "alignrec-s0", "alignrec-s1"]
+    assert all(
+        t["mlflow.parentRunId"] == "run0" and t["dagster_run"] == "r1" for _, _, t, _ in made[1:]
+    )
+    assert all(lg.closed == "FINISHED" for *_, lg in made)
+    assert {a.rsplit("/", 1)[-1] for a in summary.artifacts} >= {"report.md", "report.json", ""}
+    metrics = summary.metrics[0][1]
+    assert (
+        metrics["alignrec/test_recall_at_20_mean"]
+        == result.report["models"]["alignrec"]["test_recall_at_20_mean"]
+    )
+    assert 0 <= metrics["bpr/p_wilcoxon_vs_alignrec"] <= 1
+
+
+def test_cli_prints_the_table_and_writes_the_report(monkeypatch, tmp_path):
+    ds = clustered(0)
+    monkeypatch.setattr(alignrec.data, "load_dataset", lambda name: ds)
+    monkeypatch.setattr("alignrec.benchmark.grids.GRIDS", {"bpr": GRIDS["bpr"]})
+    res = CliRunner().invoke(
+        cli.app,
+        [
+            "benchmark",
+            "--dataset",
+            "tiny",
+            "--models",
+            "bpr,lightgcn",
+            "--models",
+            "alignrec",
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=64",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "| **alignrec** |" in res.output and "wrote " in res.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["models"]) == {"bpr", "lightgcn", "alignrec"}
+    assert report["models"]["bpr"]["grid_points"] == 2
+
+
+def test_every_registered_model_has_a_small_grid_of_valid_configs():
+    from alignrec.benchmark.grids import GRIDS
+    from alignrec.training import grid_points, resolve_configs
+
+    assert set(GRIDS) == set(MODELS)
+    for model, grid in GRIDS.items():
+        points = grid_points(grid)
+        assert 2 <= len(points) <= 4, model
+        for point in points:
+            resolve_configs(model, point)
