@@ -46,6 +46,7 @@ def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
         for k in ("model", "dataset", "seed", "best_epoch", "epochs_run", "train_seconds")
     }
     record["stopped_early"] = summary["stopped_early"]
+    record["stop_reason"] = summary["stop_reason"]
     if result.history:
         n = len(result.history)
         record["seconds_per_epoch"] = sum(h["time/epoch_seconds"] for h in result.history) / n

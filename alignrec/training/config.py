@@ -35,6 +35,7 @@ class TrainConfig:
     )
     ks: tuple[int, ...] = (5, 10, 20, 50)  # metric cut-offs
     quiet: bool = False  # hide the progress bar
+    max_seconds: float = 0.0  # wall-time budget: stop after the epoch that exceeds it (0: none)
 
     def __post_init__(self) -> None:
         checks = {
@@ -45,6 +46,7 @@ class TrainConfig:
             "lr_decay_step": self.lr_decay_step >= 1,
             "weight_decay": self.weight_decay >= 0,
             "patience": self.patience >= 1,
+            "max_seconds": self.max_seconds >= 0,
             "eval_batch_size": self.eval_batch_size >= 1,
             "ks": len(self.ks) > 0 and all(int(k) >= 1 for k in self.ks),
         }

@@ -7,7 +7,11 @@ weights restored, and the test split scored exactly once, at the best epoch.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +25,8 @@ from alignrec.models import ModelConfig, RecModel, get_model_class
 from alignrec.training.config import TrainConfig, config_to_dict, resolve_configs
 from alignrec.training.logger import MetricLogger, NullLogger
 from alignrec.training.sampler import NegativeSampler
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(AlignRecError):
@@ -42,7 +48,10 @@ class TrainResult:
         history: one dict per epoch: ``epoch``, ``train/loss``, ``train/lr``,
             ``time/epoch_seconds``, ``time/eval_seconds`` and every ``valid/...`` metric.
         model: the model with its best weights restored.
-        stopped_early: whether patience ran out before ``epochs``.
+        stopped_early: whether training ended before ``epochs``.
+        stop_reason: why it ended: ``epochs``, ``patience``, ``time budget``
+            (``max_seconds``) or ``signal`` (SIGINT/SIGTERM: the run still restores its
+            best epoch and scores it, so a stopped run is not lost).
     """
 
     model_name: str
@@ -58,6 +67,7 @@ class TrainResult:
     history: list[dict[str, float]]
     model: RecModel
     stopped_early: bool = False
+    stop_reason: str = "epochs"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -70,6 +80,7 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "train_seconds": round(self.train_seconds, 3),
             "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
             "valid": dict(self.valid.metrics),
             "test": dict(self.test.metrics) if self.test is not None else None,
             "train_config": config_to_dict(self.train_config),
@@ -165,10 +176,10 @@ def train(
 
     key = train_cfg.valid_metric
     best_score, best_epoch, best_valid, best_state = -math.inf, -1, None, None
-    since_best, history, stopped_early = 0, [], False
+    since_best, history, stop_reason = 0, [], "epochs"
     t_start = time.perf_counter()
     bar = _progress(train_cfg.epochs, train_cfg.quiet, f"{model_name}/{dataset.name}")
-    try:
+    with _StopRequests() as stop, contextlib.closing(bar):
         for epoch in range(train_cfg.epochs):
             t0 = time.perf_counter()
             model.train()
@@ -211,10 +222,14 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{epoch_loss:.4f}", **{key: f"{score:.4f}", "best": best_epoch})
             if since_best >= train_cfg.patience:
-                stopped_early = True
+                stop_reason = "patience"
+            elif train_cfg.max_seconds and time.perf_counter() - t_start > train_cfg.max_seconds:
+                stop_reason = "time budget"
+            elif stop.requested:
+                stop_reason = "signal"
+            if stop_reason != "epochs":
+                log.warning("%s: stopping after epoch %d (%s)", model_name, epoch, stop_reason)
                 break
-    finally:
-        bar.close()
     train_seconds = time.perf_counter() - t_start
 
     assert best_state is not None and best_valid is not None
@@ -238,8 +253,42 @@ def train(
         test=test,
         history=history,
         model=model,
-        stopped_early=stopped_early,
+        stopped_early=stop_reason != "epochs",
+        stop_reason=stop_reason,
     )
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM during training ask for a clean stop after the current epoch.
+
+    The first signal is recorded (``requested``); a second one interrupts at once as
+    usual. Handlers are only installed in the main thread and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("signal %d: finishing this epoch, then scoring the best one", signum)
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def evaluate_test_once(

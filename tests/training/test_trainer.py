@@ -143,3 +143,31 @@ def test_deterministic_with_two_threads(model):
     for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
     assert a.valid.metrics == b.valid.metrics
+
+
+def test_time_budget_stops_after_the_epoch_that_exceeds_it():
+    res = train("bpr", clustered(0), {"epochs": 50, "max_seconds": 1e-9, "quiet": True})
+    assert res.epochs_run == 1 and res.stop_reason == "time budget" and res.stopped_early
+    assert res.test is not None  # the best epoch is still scored
+    with pytest.raises(ConfigError, match="max_seconds"):
+        TrainConfig(max_seconds=-1)
+
+
+def test_sigterm_finishes_the_epoch_then_scores_the_best_one():
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    class KillAtEpoch1(MemoryLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics(metrics, step)
+            if step == 1 and "train/loss" in metrics:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    res = train("bpr", clustered(0), {"epochs": 50, "quiet": True}, KillAtEpoch1())
+    assert res.epochs_run == 2 and res.stop_reason == "signal"
+    assert res.test is not None and res.summary()["stop_reason"] == "signal"
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    full = train("bpr", clustered(0), {"epochs": 3, "quiet": True})
+    assert full.stop_reason == "epochs" and not full.stopped_early
