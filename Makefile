@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data pipeline test test-fast lint ui clean-state
+.PHONY: setup data pipeline repro test test-fast lint ui clean-state
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,15 +20,21 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
-	mkdir -p $(DAGSTER_HOME) && ln -sf ../dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# Real datasets from the DVC remote (../shared/dvc-store by default).
+# Real datasets from the DVC remote (../shared/dvc-store by default); only data.dvc, as the
+# pipeline's outputs in dvc.lock are rebuilt by `make repro`, not pulled.
 data: setup
-	$(BIN)/dvc pull -q
+	$(BIN)/dvc pull -q data.dvc
 
 # The main job: the whole pipeline for one dataset partition, through Dagster.
 pipeline: data
 	$(BIN)/dagster asset materialize -m orchestration.definitions --select '*' --partition $(DATASET)
+
+# The same pipeline through DVC (dvc.yaml, params.yaml's dataset): reruns only the stages whose
+# code, params or inputs changed. Each stage is a Dagster run; the stages' `python` is the venv's.
+repro: data
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
 test: data lint
 	$(BIN)/python -m pytest -q
@@ -37,7 +43,12 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not smoke"
 
 lint: setup
-	$(BIN)/ruff check alignrec orchestration tests
+	$(BIN)/ruff check alignrec orchestration tests scripts benchmarks
+
+# The Dagster UI (127.0.0.1:3000, with the daemon for schedules and sensors) and the MLflow UI
+# (127.0.0.1:5000) together; Ctrl-C stops both.
+ui: setup
+	scripts/ui.sh
 
 clean-state:
 	rm -rf .dagster/storage .dagster/history .dagster/schedules

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from alignrec.env import set_offline
+from orchestration import automation
 from orchestration.assets import benchmark, data, features, training
 from orchestration.partitions import dataset_partitions
 from orchestration.resources import ComputeResource, MLflowResource
@@ -41,6 +42,8 @@ defs = dg.Definitions(
     assets=[*data.assets, *features.assets, *training.assets, *benchmark.assets],
     asset_checks=[*data.checks, *features.checks],
     jobs=[data_job, pipeline_job],
+    schedules=automation.schedules,
+    sensors=automation.sensors,
     resources={"mlflow": MLflowResource(), "compute": ComputeResource()},
     executor=_executor(),
 )

@@ -1,0 +1,192 @@
+"""The DVC pipeline: params.yaml maps onto the assets' run config, every asset has exactly one
+stage, dvc.yaml agrees with both, and a stage materializes its assets on synthetic data."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from alignrec.errors import ConfigError
+from orchestration.definitions import defs
+from orchestration.dvc_stage import COMMON, STAGES, load_params, main, op_configs, stage_asset_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+CMD = re.compile(r"^python -m orchestration\.dvc_stage (\w+)(?: (\S+))?$")
+
+
+def test_params_become_run_config_the_assets_accept():
+    params = load_params(ROOT / "params.yaml")
+    ops = {op: cfg for stage in STAGES for op, cfg in op_configs(stage, params).items()}
+    assert ops["stage1_features"]["config"]["overrides"]["epochs"] == str(
+        PARAMS["stage1"]["fusion"]["epochs"]
+    )
+    assert ops["alignrec_model"]["config"]["features"] == "stage1"
+    assert ops["bpr_model"]["config"]["sets"]["patience"] == str(
+        PARAMS["stage2"]["bpr"]["sets"]["patience"]
+    )
+    assert set(ops) == {
+        "stage1_features",
+        "bpr_model",
+        "lightgcn_model",
+        "alignrec_model",
+        "benchmark",
+    }
+    job = defs.resolve_implicit_global_asset_job_def()
+    dg.validate_run_config(job, {"ops": ops})  # raises on a key or type the assets refuse
+
+
+def _write(tmp_path: Path, edit) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _set(dotted: str, value):
+    def edit(params):
+        *parents, last = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("stage", "edit", "named"),
+    [
+        ("data", _set("stage3", {}), "stage3"),
+        ("data", _set("dataset", "no-such-data"), "no-such-data"),
+        ("stage1", _set("stage1.fusion.epoch", 3), "stage1.fusion.epoch"),
+        ("stage1", _set("stage1.fusion.epochs", "many"), "stage1.fusion.epochs"),
+        ("stage1", _set("stage1.fusion.num_layers", 0), "num_layers"),
+        ("stage2", _set("stage2.alignrec.seed", "one"), "stage2.alignrec.seed"),
+        ("stage2", _set("stage2.alignrec.sets.patiense", 5), "patiense"),
+        ("stage2", _set("stage2.lightgcn.grid.n_layers", [1, "two"]), "n_layers"),
+        ("stage2", _set("stage2.bpr.features", "stage1"), "stage2.bpr.features"),
+        ("stage2", _set("stage2.gru", {"seed": 0}), "stage2.gru"),
+        ("benchmark", _set("benchmark.models", ["bpr", "gru"]), "gru"),
+        ("benchmark", _set("benchmark.seeds", 0), "benchmark.seeds"),
+        ("benchmark", _set("benchmark.sets.epoch", 5), "epoch"),
+    ],
+)
+def test_a_wrong_param_is_a_config_error_naming_it(tmp_path, stage, edit, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        op_configs(stage, load_params(_write(tmp_path, edit)))
+
+
+def test_every_asset_belongs_to_exactly_one_stage():
+    stages_of = {
+        key: [s for s in STAGES if key in stage_asset_keys(defs, s)]
+        for key in defs.resolve_all_asset_keys()
+    }
+    assert {k.to_user_string(): v for k, v in stages_of.items() if len(v) != 1} == {}
+    assert all(stage_asset_keys(defs, s) for s in STAGES), "a stage without assets"
+
+
+def _expand(name: str, stage: dict) -> list[tuple[str, dict, dict]]:
+    """``(name, stage, item)`` per generated stage: a ``matrix`` stage gives one per combination."""
+    matrix = stage.get("matrix")
+    if not matrix:
+        return [(name, stage, {})]
+    keys = list(matrix)
+    return [
+        (f"{name}@{'-'.join(map(str, combo))}", stage, dict(zip(keys, combo, strict=True)))
+        for combo in itertools.product(*(matrix[k] for k in keys))
+    ]
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _render(text: str, item: dict) -> str:
+    def value(m):
+        key = m.group(1)
+        return str(
+            _lookup({"item": item}, key) if key.startswith("item.") else _lookup(PARAMS, key)
+        )
+
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+GENERATED = [g for name, stage in DVC_YAML.items() for g in _expand(name, stage)]
+
+
+def test_dvc_yaml_runs_every_stage_with_its_own_params():
+    seen = set()
+    for name, stage, item in GENERATED:
+        m = CMD.match(_render(stage["cmd"], item))
+        assert m, f"{name}: cmd {stage['cmd']!r} does not run orchestration.dvc_stage"
+        seen.add(m.group(1))
+        params = [_render(p, item) for p in stage.get("params", [])]
+        for key in params:
+            _lookup(PARAMS, key)  # KeyError: dvc.yaml names a param params.yaml lacks
+        sections = STAGES[m.group(1)].sections
+        assert set(COMMON) <= set(params), name
+        assert {p.split(".")[0] for p in params} == {*COMMON, *sections}, name
+        if m.group(2):
+            assert m.group(2) in {k.to_user_string() for k in stage_asset_keys(defs, m.group(1))}
+    assert seen == set(STAGES)
+
+
+def test_dvc_yaml_outputs_do_not_overlap_and_deps_exist():
+    outs, deps = [], []
+    for name, stage, item in GENERATED:
+        for field in ("outs", "metrics", "plots"):
+            outs += [(Path(_render(p, item)), name) for p in _paths(stage.get(field))]
+        deps += [(Path(_render(p, item)), name) for p in _paths(stage.get("deps"))]
+    for (a, sa), (b, sb) in itertools.combinations(outs, 2):
+        assert a != b and a not in b.parents and b not in a.parents, f"{sa}: {a} overlaps {sb}: {b}"
+    artifacts = Path(PARAMS["artifacts"])
+    for path, name in outs:
+        assert artifacts in path.parents, f"{name}: {path} is outside params 'artifacts'"
+    produced = {p for p, _ in outs}
+    pulled = {
+        Path(o["path"])
+        for f in ROOT.glob("*.dvc")
+        if f.is_file()
+        for o in yaml.safe_load(f.read_text())["outs"]
+    }
+    for path, name in deps:
+        if artifacts in path.parents:
+            assert path in produced, f"{name}: {path} is no stage's output"
+        else:
+            assert path in pulled or (ROOT / path).exists(), (
+                f"{name}: dependency {path} does not exist"
+            )
+
+
+@pytest.mark.slow
+def test_data_stage_materializes_on_synthetic(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    params = _write(tmp_path, lambda p: p.update(dataset="synthetic", artifacts="artifacts"))
+    assert main(["data", "--params", str(params)]) == 0
+    assert (tmp_path / "artifacts" / "datasets" / "synthetic" / "tables").is_dir()
+    assert "materialized dataset, raw_data" in capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:  # the run is in the persistent instance
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"alignrec/dvc_stage": "data"}))
+    assert len(runs) == 1 and runs[0].is_success
+    # a downstream stage loads the stored upstream values and fails clearly without them
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "empty"))
+    assert main(["protocols", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "stored value is missing" in err and "dataset/synthetic" in err
