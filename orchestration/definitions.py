@@ -44,6 +44,12 @@ defs = dg.Definitions(
     jobs=[data_job, pipeline_job],
     schedules=automation.schedules,
     sensors=automation.sensors,
-    resources={"mlflow": MLflowResource(), "compute": ComputeResource()},
+    resources={
+        "mlflow": MLflowResource(),
+        "compute": ComputeResource(
+            device=os.environ.get("ALIGNREC_DEVICE", "auto"),
+            threads=int(os.environ.get("ALIGNREC_THREADS", "0")),
+        ),
+    },
     executor=_executor(),
 )

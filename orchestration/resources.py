@@ -26,7 +26,10 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class ComputeResource(dg.ConfigurableResource):
-    """Where training runs: ``device`` is ``cpu``, ``cuda`` or ``auto`` (CUDA when present)."""
+    """Where training runs: ``device`` is ``cpu``, ``cuda`` or ``auto`` (CUDA when present);
+    ``threads`` caps torch's CPU threads (0: torch's default). The definitions read both from
+    ``ALIGNREC_DEVICE`` / ``ALIGNREC_THREADS`` so ``make``, ``dvc repro`` and the UI share them;
+    on a machine shared with other jobs, ``ALIGNREC_THREADS=1`` avoids oversubscription."""
 
     device: str = "auto"
     threads: int = 0
