@@ -1,14 +1,3 @@
-"""Tiny tensors run fastest (and without OpenMP oversubscription) on one thread."""
+"""Tests here run torch on one thread (see tests/torch_threads.py)."""
 
-from __future__ import annotations
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
