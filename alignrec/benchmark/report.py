@@ -116,6 +116,7 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "seeds": result.seeds,
         "alignrec_features": result.features,
         "selection": "grid on seed 0, winner by valid recall@20; test scored once per run",
+        "settings": dict(result.settings),
         "significance": f"test {TEST_METRIC} per user averaged over seeds; Wilcoxon signed-rank "
         "(scipy.stats.wilcoxon, two-sided) and paired t-test (scipy.stats.ttest_rel)",
         "models": models,
@@ -239,7 +240,14 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
         f"{seeds} seed(s) per model (0..{seeds - 1}). Hyperparameters are chosen on **validation** "
         "recall@20 over each model's grid (`alignrec/benchmark/grids.py`) on seed 0; the winner is "
         "retrained on the other seeds. Each run is early-stopped on validation and scored on test "
-        "once, at its best epoch.",
+        "once, at its best epoch."
+        + (
+            " Set for every run: "
+            + ", ".join(f"`{k}={v}`" for k, v in sorted(result.settings.items()))
+            + "."
+            if result.settings
+            else ""
+        ),
         "",
         "## Test metrics",
         "",

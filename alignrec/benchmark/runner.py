@@ -88,6 +88,7 @@ class BenchmarkResult:
         features: the feature set AlignRec read (None when it did not run).
         report: the contents of ``report.json``.
         wall_seconds: wall time of this call.
+        settings: the config keys set for every run (the protocol and the overrides).
     """
 
     dataset: str
@@ -98,6 +99,7 @@ class BenchmarkResult:
     features: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def report_md(self) -> Path:
@@ -151,8 +153,9 @@ def run_benchmark(
         grids: model -> grid, replacing :data:`alignrec.benchmark.grids.GRIDS` (a model
             absent from it trains with its defaults).
         progress: a bar over runs and one line per finished run (else the lines are logged).
-        overrides: config keys set for every run (``{"epochs": 50}``); a key set here
-            is dropped from the grids.
+        overrides: config keys set for every run (``{"epochs": 50}``), on top of
+            :data:`alignrec.benchmark.grids.PROTOCOL`; a key set here is dropped from the
+            grids.
         skip: models not to run, with the reason the report gives (the Dagster asset
             skips AlignRec when stage 1 was skipped).
 
@@ -166,7 +169,10 @@ def run_benchmark(
     if int(seeds) < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     names = model_names(models)
-    base = {"quiet": True, **(overrides or {})}  # the bar over runs replaces the epoch bars
+    from alignrec.benchmark.grids import PROTOCOL
+
+    # quiet: the bar over runs replaces the epoch bars
+    base = {"quiet": True, **PROTOCOL, **(overrides or {})}
     plan = {m: _model_grid(m, base, grids) for m in names}  # validates every config first
     if threads:
         import torch
@@ -211,13 +217,30 @@ def run_benchmark(
     finally:
         bar.close()
     result = BenchmarkResult(
-        data.name, out, int(seeds), ran, skipped, feature_spec if OURS in ran else None
+        data.name,
+        out,
+        int(seeds),
+        ran,
+        skipped,
+        _shown(feature_spec) if OURS in ran else None,
+        settings={k: v for k, v in base.items() if k not in _NOT_IN_KEY},
     )
     from alignrec.benchmark.report import write_report
 
     result.wall_seconds = time.perf_counter() - t_start
     write_report(result)
     return result
+
+
+def _shown(spec: str | None) -> str | None:
+    """A feature spec for the report: a file under the working directory as a relative path,
+    so reports from different checkouts compare equal."""
+    if spec is None or not Path(spec).is_absolute():
+        return spec
+    try:
+        return str(Path(spec).relative_to(Path.cwd()))
+    except ValueError:
+        return spec
 
 
 def run_line(model: str, rec: dict[str, Any], reused: bool = False) -> str:

@@ -16,6 +16,7 @@ sparse CSR product, which AlignRec's results were produced with.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -157,7 +158,9 @@ def mean_propagation(propagate: Propagate, x: torch.Tensor, n_layers: int) -> to
 
 
 def _csr_tensor(matrix: sp.spmatrix) -> torch.Tensor:
-    return to_torch_sparse(matrix).to_sparse_csr()
+    with warnings.catch_warnings():  # torch's "CSR support is in beta": we only use its matmul
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        return to_torch_sparse(matrix).to_sparse_csr()
 
 
 def _spmm(graph: EdgeGraph, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -74,8 +74,14 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
         assert report["gain"][key(metric)] == pytest.approx(
             (report["models"]["alignrec"][k] - ref) / ref
         )
+    # The protocol's patience, then the overrides, set every run and are stated in the report.
+    assert report["settings"] == {"patience": 20, **FAST}
+    assert (
+        json.loads((bench.out / "runs/bpr/s1/config.json").read_text())["train"]["patience"] == 20
+    )
     md = bench.report_md.read_text()
     assert "| **alignrec** |" in md and "gain over the best baseline" in md
+    assert "`patience=20`" in md
     assert "scipy.stats.wilcoxon" in md and "## Grid winners" in md
     for name in [*(f"{key(m)}.png" for m in METRICS), "valid_curves.png"]:
         assert (bench.plots / name).read_bytes()[:8] == PNG
