@@ -37,6 +37,15 @@ def default_artifact_root(root: str | Path | None = None) -> Path:
     return (base / "artifacts").resolve()
 
 
+def _artifact_root_beside(tracking_uri: str) -> Path:
+    """``artifacts/`` beside a SQLite store's file (``mlruns/artifacts`` for the default
+    store), so that a store elsewhere keeps its artifacts with it; else the default."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        return (Path(tracking_uri[len(prefix) :]).parent / "artifacts").resolve()
+    return default_artifact_root()
+
+
 class MLflowLogger:
     """Logs one run to MLflow through an explicit client (no global active run).
 
@@ -46,7 +55,8 @@ class MLflowLogger:
         run_name: the run's display name.
         tags: extra run tags.
         tracking_uri: defaults to :func:`default_tracking_uri`.
-        artifact_root: folder holding every experiment's artifacts.
+        artifact_root: folder holding every experiment's artifacts (default: ``artifacts/``
+            beside a SQLite store, else :func:`default_artifact_root`).
     """
 
     def __init__(
@@ -64,7 +74,11 @@ class MLflowLogger:
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            root = Path(artifact_root) if artifact_root is not None else default_artifact_root()
+            root = (
+                Path(artifact_root)
+                if artifact_root is not None
+                else _artifact_root_beside(self.tracking_uri)
+            )
             location = (root / experiment).resolve()
             location.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
@@ -75,6 +89,20 @@ class MLflowLogger:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id
         self._closed = False
+
+    @classmethod
+    def attach(cls, run_id: str, tracking_uri: str | None = None) -> MLflowLogger:
+        """A logger on an existing run, e.g. one another process opened."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self = cls.__new__(cls)
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.run_id = run_id
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        self._closed = False
+        return self
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

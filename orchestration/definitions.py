@@ -53,3 +53,9 @@ defs = dg.Definitions(
     },
     executor=_executor(),
 )
+
+
+def pipeline_job_def() -> dg.JobDefinition:
+    """``pipeline_job``, for ``dg.reconstructable``: the multiprocess executor rebuilds the
+    job from this function in each step's process (``orchestration.dvc_stage`` uses it)."""
+    return defs.resolve_job_def("pipeline_job")

@@ -286,21 +286,48 @@ def run_stage(
         "ops": {op: cfg for op, cfg in ops.items() if op in names},
         "loggers": {"console": {"config": {"log_level": "INFO"}}},  # DEBUG buries DVC's output
     }
-    job = defs.resolve_implicit_job_def_def_for_assets(keys)
+    tags = {"alignrec/dvc_stage": stage}
     with dg.DagsterInstance.get() as instance:
+        if os.environ.get("ALIGNREC_EXECUTOR") == "multiprocess":
+            return _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
+        job = defs.resolve_implicit_job_def_def_for_assets(keys)
         try:
             return job.execute_in_process(
                 run_config=run_config,
                 instance=instance,
                 partition_key=params["dataset"],
                 asset_selection=keys,
-                tags={"alignrec/dvc_stage": stage},
+                tags=tags,
                 raise_on_error=False,
             )
         except dg.DagsterInvalidConfigError as exc:
-            raise ConfigError(
-                f"{params_path}: stage {stage!r}: the assets refuse the config built from it: {exc}"
-            ) from None
+            raise _refused(params_path, stage, exc) from None
+
+
+def _refused(params_path: Path, stage: str, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"{params_path}: stage {stage!r}: the assets refuse the config built from it: {exc}"
+    )
+
+
+def _execute_multiprocess(instance, keys, run_config, tags, params, params_path):
+    """The stage as a run of the multiprocess executor (``ALIGNREC_EXECUTOR=multiprocess``):
+    independent steps, such as the benchmark's per-model steps, run in parallel processes."""
+    import dagster as dg
+
+    from orchestration import definitions
+
+    try:
+        with dg.execute_job(
+            dg.reconstructable(definitions.pipeline_job_def),
+            instance,
+            run_config=run_config,
+            tags={**tags, "dagster/partition": params["dataset"]},
+            asset_selection=keys,
+        ) as result:
+            return result
+    except dg.DagsterInvalidConfigError as exc:
+        raise _refused(params_path, tags["alignrec/dvc_stage"], exc) from None
 
 
 LOAD_INPUT_HINT = (

@@ -24,6 +24,12 @@ class MLflowResource(dg.ConfigurableResource):
         return MLflowLogger(f"{self.experiment_prefix}{experiment}", run_name=run_name,
                             tags=tags, tracking_uri=self.uri())
 
+    def attach(self, run_id: str):
+        """A logger on an existing run (one another step of the run opened)."""
+        from alignrec.tracking import MLflowLogger
+
+        return MLflowLogger.attach(run_id, tracking_uri=self.uri())
+
 
 class ComputeResource(dg.ConfigurableResource):
     """Where training runs: ``device`` is ``cpu``, ``cuda`` or ``auto`` (CUDA when present);

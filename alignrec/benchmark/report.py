@@ -158,15 +158,9 @@ def _p(value: float | None) -> str:
 def results_table(report: dict[str, Any]) -> str:
     """The main markdown table: test metrics mean ± std, time per run, epochs, p-values."""
     models = report["models"]
-    head = [
-        "model",
-        *(SHORT[m] for m in METRICS),
-        "train s/run",
-        "epochs",
-        "best epoch",
-        f"p Wilcoxon vs {OURS}",
-        f"p t-test vs {OURS}",
-    ]
+    compared = bool(report.get("gain"))  # AlignRec and at least one baseline ran
+    tests = [f"p Wilcoxon vs {OURS}", f"p t-test vs {OURS}"] if compared else []
+    head = ["model", *(SHORT[m] for m in METRICS), "train s/run", "epochs", "best epoch", *tests]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, s in models.items():
         label = f"**{name}**" if name == OURS else name
@@ -176,9 +170,9 @@ def results_table(report: dict[str, Any]) -> str:
             f"{s['train_seconds_mean']:.1f}",
             f"{s['epochs_run_mean']:.1f}",
             f"{s['best_epoch_mean']:.1f}",
-            _p(s.get(f"p_wilcoxon_vs_{OURS}")),
-            _p(s.get(f"p_ttest_vs_{OURS}")),
         ]
+        if compared:
+            row += [_p(s.get(f"p_wilcoxon_vs_{OURS}")), _p(s.get(f"p_ttest_vs_{OURS}"))]
         lines.append("| " + " | ".join(row) + " |")
     if report.get("gain"):
         cells = []
@@ -254,11 +248,16 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
         results_table(report),
         "",
         "Cells are mean ± sample std (ddof=1) over seeds; `train s/run`, `epochs` (epochs run) and "
-        "`best epoch` (0-based) are means over the seeds. p-values compare AlignRec with each "
-        f"baseline over the {_paired_users(report)} test users on recall@20, each user's value "
-        "averaged over seeds: Wilcoxon signed-rank (scipy.stats.wilcoxon, two-sided) and paired "
-        "t-test (scipy.stats.ttest_rel). The gain row is AlignRec's relative difference to the best "
-        "baseline of each column.",
+        "`best epoch` (0-based) are means over the seeds."
+        + (
+            " p-values compare AlignRec with each "
+            f"baseline over the {_paired_users(report)} test users on recall@20, each user's value "
+            "averaged over seeds: Wilcoxon signed-rank (scipy.stats.wilcoxon, two-sided) and paired "
+            "t-test (scipy.stats.ttest_rel). The gain row is AlignRec's relative difference to the "
+            "best baseline of each column."
+            if "gain" in report
+            else ""
+        ),
     ]
     if result.features:
         parts += ["", f"AlignRec's item features: `{result.features}`."]

@@ -134,6 +134,7 @@ def run_benchmark(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     skip: dict[str, str] | None = None,
+    write: bool = True,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
 
@@ -158,6 +159,10 @@ def run_benchmark(
             grids.
         skip: models not to run, with the reason the report gives (the Dagster asset
             skips AlignRec when stage 1 was skipped).
+        write: write the report. Without it only the runs are made (or found), so that
+            several workers can each train some models into the same ``out`` (the Dagster
+            asset runs one step per model) and a last call with every model, reusing all
+            runs, writes the report.
 
     The report is written only once every run has finished (see
     :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
@@ -168,12 +173,9 @@ def run_benchmark(
     t_start = time.perf_counter()
     if int(seeds) < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
-    names = model_names(models)
-    from alignrec.benchmark.grids import PROTOCOL
-
-    # quiet: the bar over runs replaces the epoch bars
-    base = {"quiet": True, **PROTOCOL, **(overrides or {})}
-    plan = {m: _model_grid(m, base, grids) for m in names}  # validates every config first
+    base = run_settings(overrides)
+    plan = plan_models(models, overrides, grids)  # validates every config first
+    names = list(plan)
     if threads:
         import torch
 
@@ -228,7 +230,8 @@ def run_benchmark(
     from alignrec.benchmark.report import write_report
 
     result.wall_seconds = time.perf_counter() - t_start
-    write_report(result)
+    if write:
+        write_report(result)
     return result
 
 
@@ -268,6 +271,25 @@ def model_names(models: list[str] | None) -> list[str]:
         if m.lower() not in names:
             names.append(m.lower())
     return names
+
+
+def run_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config keys every run starts from: the protocol, then ``overrides``."""
+    from alignrec.benchmark.grids import PROTOCOL
+
+    # quiet: the benchmark's own progress replaces the epoch bars
+    return {"quiet": True, **PROTOCOL, **(overrides or {})}
+
+
+def plan_models(
+    models: list[str] | None,
+    overrides: dict[str, Any] | None = None,
+    grids: dict[str, dict[str, list[Any]]] | None = None,
+) -> dict[str, dict[str, list[Any]]]:
+    """Each model's grid, in order; raises :class:`ConfigError` for an unknown model or an
+    invalid config (a grid point, or an override) before anything trains."""
+    base = run_settings(overrides)
+    return {m: _model_grid(m, base, grids) for m in model_names(models)}
 
 
 def _model_grid(model: str, base: dict[str, Any], grids) -> dict[str, list[Any]]:
@@ -550,6 +572,7 @@ __all__ = [
     "cached_record",
     "default_out",
     "model_names",
+    "plan_models",
     "prepare_inputs",
     "run_benchmark",
     "run_key",

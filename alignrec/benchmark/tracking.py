@@ -32,6 +32,8 @@ class BenchmarkTracking:
         dataset: the benchmarked dataset (names the experiment).
         new_logger: makes one MLflow run (the Dagster ``mlflow`` resource's ``logger``).
         tags: added to every run (e.g. the Dagster run id).
+        summary: the summary run's logger when it is already open (a worker process
+            attached to the run another step opened); by default a new summary run.
     """
 
     def __init__(
@@ -39,11 +41,14 @@ class BenchmarkTracking:
         dataset: str,
         new_logger: NewLogger = mlflow_logger,
         tags: dict[str, str] | None = None,
+        summary: Any = None,
     ) -> None:
         self.experiment = f"benchmark-{dataset}"
         self.new_logger = new_logger
         self.tags = {"dataset": dataset, **(tags or {})}
-        self.summary = new_logger(self.experiment, "summary", {**self.tags, "kind": "summary"})
+        self.summary = summary or new_logger(
+            self.experiment, "summary", {**self.tags, "kind": "summary"}
+        )
 
     @property
     def run_id(self) -> str:

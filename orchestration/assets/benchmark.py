@@ -1,11 +1,22 @@
 """The ``benchmark`` group: every model on the dataset, validation-selected, over seeds.
 
-Calls :func:`alignrec.benchmark.run_benchmark` (the code path of ``alignrec
-benchmark``) with AlignRec on the stage-1 features, logs each training run to the
-MLflow experiment ``benchmark-<dataset>`` under a summary run holding the report,
-and shows the report's table as metadata. Finished runs under
-``artifacts/benchmark/<dataset>/runs/`` are reused, so a rerun resumes.
+The asset is a graph with one step per model, so that models train in parallel on
+whatever executor the deployment runs (``ALIGNREC_EXECUTOR=multiprocess`` locally, or a
+k8s/celery executor), and in turn under the default in-process executor:
+
+- ``benchmark_plan`` checks the config, opens the MLflow summary run in the experiment
+  ``benchmark-<dataset>`` and fans out one dynamic step per model;
+- ``benchmark_model`` trains that model's grid and seeds with
+  :func:`alignrec.benchmark.run_benchmark` (the code path of ``alignrec benchmark``)
+  into the shared run cache ``artifacts/benchmark/<dataset>/runs/``, each training run
+  an MLflow run nested under the summary;
+- ``benchmark_report`` collects them, reuses every finished run, writes the report, logs
+  it to the summary run and shows its table as metadata.
+
+AlignRec reads the stage-1 features. Finished runs are reused, so a rerun resumes.
 """
+
+import time
 
 import dagster as dg
 
@@ -13,6 +24,7 @@ from orchestration.partitions import dataset_partitions
 from orchestration.resources import ComputeResource, MLflowResource
 
 GROUP = "benchmark"
+SUMMARY_TAGS = {"kind": "summary"}
 
 
 class BenchmarkConfig(dg.Config):
@@ -23,47 +35,118 @@ class BenchmarkConfig(dg.Config):
     sets: dict[str, str] = {}  # as ``alignrec benchmark --set key=value``
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=dataset_partitions,
-    kinds={"pytorch", "mlflow"},
-    description="Every registered model, its grid selected on validation (seed 0), the winner "
-    "over seeds; test metrics mean ± std, AlignRec's gain and paired p-values, plots.",
-)
-def benchmark(
-    context: dg.AssetExecutionContext,
+def _read(dataset: dict):
+    from alignrec.data.dataset import read_dataset
+
+    return read_dataset(dataset["folder"], dataset["name"])
+
+
+def _tracking(context, dataset: str, mlflow: MLflowResource, summary_run_id: str | None = None):
+    from alignrec.benchmark.tracking import BenchmarkTracking
+
+    summary = mlflow.attach(summary_run_id) if summary_run_id else None
+    return BenchmarkTracking(dataset, mlflow.logger, {"dagster_run": context.run_id}, summary)
+
+
+def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: ComputeResource):
+    """:func:`run_benchmark` of ``models`` with the plan's settings; no report written."""
+    from alignrec.benchmark import run_benchmark
+
+    return run_benchmark(
+        _read(dataset),
+        models,
+        plan["seeds"],
+        features=plan["features"],
+        threads=compute.threads or None,
+        device=compute.torch_device(),
+        logger_factory=tracking.logger_factory,
+        progress=False,
+        overrides=plan["sets"],
+        skip=plan["skip"],
+        write=False,
+    )
+
+
+@dg.op(out={"plan": dg.Out(dict), "models": dg.DynamicOut(dict)})
+def benchmark_plan(
+    context: dg.OpExecutionContext,
     config: BenchmarkConfig,
     dataset: dict,
     stage1_features: dict,
     mlflow: MLflowResource,
-    compute: ComputeResource,
-) -> dict:
-    from alignrec.benchmark import OURS, run_benchmark
-    from alignrec.benchmark.report import results_table
-    from alignrec.benchmark.tracking import BenchmarkTracking
-    from alignrec.data.dataset import read_dataset
+):
+    """Check the models and settings, open the summary run, fan out one step per model."""
+    from alignrec.benchmark import OURS
+    from alignrec.benchmark.runner import plan_models
 
-    ds = read_dataset(dataset["folder"], dataset["name"])
+    if config.seeds < 1:
+        raise dg.Failure(f"benchmark: seeds must be >= 1, got {config.seeds}")
+    models = list(plan_models(config.models or None, dict(config.sets)))
     skip, features = {}, None
     if stage1_features.get("skipped"):
         skip[OURS] = f"stage 1 was skipped: {stage1_features['skipped']}"
     else:
         features = stage1_features["features"]
-    device = compute.torch_device()
-    tracking = BenchmarkTracking(ds.name, mlflow.logger, {"dagster_run": context.run_id})
+    tracking = _tracking(context, dataset["name"], mlflow)
+    plan = {
+        "models": models,
+        "seeds": config.seeds,
+        "sets": dict(config.sets),
+        "features": features,
+        "skip": skip,
+        "summary_run_id": tracking.run_id,
+        "started": time.time(),
+    }
+    context.log.info(f"benchmark {dataset['name']}: {len(models)} models, {config.seeds} seeds")
+    yield dg.Output(plan, "plan")
+    for m in models:
+        if m not in skip:
+            yield dg.DynamicOutput({**plan, "model": m}, output_name="models", mapping_key=m)
+
+
+@dg.op
+def benchmark_model(
+    context: dg.OpExecutionContext,
+    item: dict,
+    dataset: dict,
+    mlflow: MLflowResource,
+    compute: ComputeResource,
+) -> dict:
+    """One model's grid (seed 0) and retrains (seeds 1..), into the shared run cache."""
+    from alignrec.benchmark.runner import run_line
+
+    model = item["model"]
+    tracking = _tracking(context, dataset["name"], mlflow, item["summary_run_id"])
+    result = _run(item, dataset, [model], tracking, compute)
+    runs = result.models.get(model)
+    if runs is None:
+        context.log.warning(f"{model} skipped: {result.skipped.get(model)}")
+        return {"model": model, "reused": [], "skipped": result.skipped.get(model)}
+    for record, reused in zip(runs.records, runs.reused, strict=True):
+        context.log.info(run_line(model, record, reused))
+    return {"model": model, "reused": list(runs.reused), "skipped": None}
+
+
+@dg.op
+def benchmark_report(
+    context: dg.OpExecutionContext,
+    done: list[dict],
+    plan: dict,
+    dataset: dict,
+    mlflow: MLflowResource,
+    compute: ComputeResource,
+) -> dict:
+    """Every model's runs (all finished by now), the report, the summary run."""
+    from alignrec.benchmark.report import results_table, write_report
+
+    tracking = _tracking(context, dataset["name"], mlflow, plan["summary_run_id"])
     try:
-        result = run_benchmark(
-            ds,
-            config.models or None,
-            config.seeds,
-            features=features,
-            threads=compute.threads or None,
-            device=device,
-            logger_factory=tracking.logger_factory,
-            progress=False,
-            overrides=dict(config.sets),
-            skip=skip,
-        )
+        result = _run(plan, dataset, plan["models"], tracking, compute)
+        for step in done:  # trained in the model steps, not reused from an earlier benchmark
+            if step["model"] in result.models:
+                result.models[step["model"]].reused = step["reused"]
+        result.wall_seconds = time.time() - plan["started"]
+        write_report(result)
     except BaseException:
         tracking.fail()
         raise
@@ -87,6 +170,48 @@ def benchmark(
         "report_md": str(result.report_md),
         "mlflow_run_id": tracking.run_id,
     }
+
+
+@dg.failure_hook(required_resource_keys={"mlflow"})
+def close_summary_run(context: dg.HookContext) -> None:
+    """A failed step leaves no summary run open: the run's summary is marked FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=context.resources.mlflow.uri())
+    tags = " and ".join(
+        f"tags.{k} = '{v}'" for k, v in {**SUMMARY_TAGS, "dagster_run": context.run_id}.items()
+    )
+    for exp in client.search_experiments(filter_string="name LIKE 'benchmark-%'"):
+        for run in client.search_runs(
+            [exp.experiment_id], f"{tags} and attributes.status = 'RUNNING'"
+        ):
+            client.set_terminated(run.info.run_id, status="FAILED")
+
+
+@dg.config_mapping
+def _config(config: BenchmarkConfig) -> dict:
+    """The asset's config (``ops: {benchmark: {config: ...}}``) is the plan step's."""
+    return {
+        "benchmark_plan": {
+            "config": {"models": config.models, "seeds": config.seeds, "sets": config.sets}
+        }
+    }
+
+
+@dg.graph_asset(
+    group_name=GROUP,
+    partitions_def=dataset_partitions,
+    kinds={"pytorch", "mlflow"},
+    config=_config,
+    hooks={close_summary_run},
+    description="Every registered model, its grid selected on validation (seed 0), the winner "
+    "over seeds; test metrics mean ± std, AlignRec's gain and paired p-values, plots. One step "
+    "per model: they run in parallel under a multiprocess or k8s/celery executor.",
+)
+def benchmark(dataset: dict, stage1_features: dict) -> dict:
+    plan, models = benchmark_plan(dataset, stage1_features)
+    done = models.map(lambda item: benchmark_model(item, dataset))
+    return benchmark_report(done.collect(), plan, dataset)
 
 
 assets = [benchmark]

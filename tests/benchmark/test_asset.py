@@ -3,6 +3,8 @@ stand-in table), every run in MLflow under a summary run holding the report."""
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ def resources(tmp_path, monkeypatch):
     }, uri
 
 
-def _materialize(tmp_path, resources, skipped=None, config=TINY):
+def _materialize(tmp_path, resources, skipped=None, config=TINY, ok=True):
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [*data.assets, _stage1(tmp_path, skipped), benchmark.benchmark],
@@ -52,8 +54,9 @@ def _materialize(tmp_path, resources, skipped=None, config=TINY):
             instance=instance,
             resources=resources,
             run_config={"ops": {"benchmark": {"config": config}}},
+            raise_on_error=ok,
         )
-    assert result.success
+    assert result.success == ok
     return result
 
 
@@ -66,8 +69,12 @@ def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources):
     assert set(out["models"]) == {"bpr", "alignrec"} and out["alignrec_features"].endswith(
         "features.npy"
     )
+    # One step per model, which a multiprocess or k8s executor runs in parallel.
+    steps = {e.step_key for e in result.all_events if e.is_step_success}
+    assert {"benchmark.benchmark_model[bpr]", "benchmark.benchmark_model[alignrec]"} <= steps
     meta = result.asset_materializations_for_node("benchmark")[0].metadata
     assert "| **alignrec** |" in meta["report"].value
+    assert meta["runs_trained"].value == 4 and meta["runs_reused"].value == 0
     assert meta["report_path"].value.endswith("benchmark/synthetic/report.md")
 
     client = MlflowClient(tracking_uri=uri)
@@ -94,3 +101,56 @@ def test_benchmark_asset_skips_alignrec_when_stage1_was_skipped(tmp_path, resour
     assert out["skipped"] == {"alignrec": "stage 1 was skipped: the dataset has no item content"}
     meta = result.asset_materializations_for_node("benchmark")[0].metadata
     assert "skipped **alignrec**" in meta["report"].value
+
+
+def test_a_failed_model_step_leaves_no_summary_run_open(tmp_path, resources, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from alignrec.benchmark import runner
+
+    def broken(runs, *args, **kwargs):
+        raise RuntimeError(f"{runs.model}: out of memory")
+
+    monkeypatch.setattr(runner, "_run_model", broken)
+    res, uri = resources
+    result = _materialize(tmp_path, res, config={**TINY, "models": ["bpr"]}, ok=False)
+    failed = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_key for e in failed] == ["benchmark.benchmark_model[bpr]"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("benchmark-synthetic")
+    [summary] = client.search_runs([exp.experiment_id], "tags.kind = 'summary'")
+    assert summary.info.status == "FAILED"
+
+
+def test_model_steps_run_in_parallel_under_the_multiprocess_executor(tmp_path, monkeypatch):
+    from tests.benchmark import parallel_job
+
+    monkeypatch.setenv("ALIGNREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "dagster").mkdir()
+    config = {**TINY, "models": ["bpr", "lightgcn"]}
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        with dg.execute_job(
+            dg.reconstructable(parallel_job.job),
+            instance,
+            run_config={
+                "ops": {"benchmark": {"config": config}},
+                "execution": {"config": {"max_concurrent": 2}},
+            },
+            tags={"dagster/partition": "synthetic"},
+        ) as result:
+            assert result.success
+            run_id = result.run_id
+        spans = {}
+        for entry in instance.all_logs(run_id):
+            e = entry.dagster_event
+            if e is not None and (e.step_key or "").startswith("benchmark.benchmark_model["):
+                if e.is_step_start:
+                    spans.setdefault(e.step_key, [0.0, 0.0])[0] = entry.timestamp
+                elif e.is_step_success:
+                    spans[e.step_key][1] = entry.timestamp
+    (a0, a1), (b0, b1) = spans.values()
+    assert a0 < b1 and b0 < a1, f"the two model steps did not overlap: {spans}"
+    report = json.loads((tmp_path / "home/benchmark/synthetic/report.json").read_text())
+    assert set(report["models"]) == {"bpr", "lightgcn"} and report["runs_trained"] == 4

@@ -222,6 +222,8 @@ def test_published_numbers_sit_beside_ours_on_amazon_baby(tmp_path):
     md = result.report_md.read_text()
     assert "## Published MMRec numbers" in md and "| bpr | published (MMRec) | 0.0357" in md
     assert result.report["published"]["bpr"]["test_recall_at_20"] == 0.0575
+    # No AlignRec row: no p-value columns, no gain row.
+    assert "p-values" not in md and "p Wilcoxon" not in md and "gain" not in result.report
     if "vbpr" in MODELS:
         assert "| vbpr | published (MMRec), different features |" in md
         assert "| vbpr | ours | skipped |" in md
