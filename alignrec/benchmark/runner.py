@@ -475,6 +475,10 @@ def _run_model(
                 record = _train_once(
                     model, data, {**base, **candidates[0]}, seed, device, folder, make
                 )
+            if record.get("stop_reason") == "signal":
+                # Stopped by SIGINT/SIGTERM: the files stay for a look, but unstamped, so
+                # the next benchmark trains this run again; this one stops here.
+                raise KeyboardInterrupt(f"{model} s{seed}: stopped by a signal ({folder})")
             io.write_json(
                 folder / STAMP,
                 {
@@ -553,7 +557,7 @@ def _train_grid(model, data, grid, base, device, folder, make_logger) -> dict[st
         record = write_run(folder, g.best, g)
         _log_test(loggers[g.winner_index], g.best, folder)
         ok = True
-        return record
+        return {**record, "stop_reason": "signal"} if g.interrupted else record
     finally:
         for lg in loggers:
             _close(lg, ok)

@@ -34,6 +34,7 @@ class GridResult:
     best: TrainResult  # the winner, its test split scored once
     metric: str
     all_valid: list[dict[str, float] | None] = field(default_factory=list)
+    interrupted: bool = False  # a signal stopped a point; the later points did not run
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-able row per point: overrides, valid metrics, error, whether it won."""
@@ -93,6 +94,7 @@ def grid_search(
     valids: list[dict[str, float] | None] = []
     best: TrainResult | None = None
     winner = -1
+    interrupted = False
     metric = resolve_configs(model_name, base)[0].valid_metric
     for i, point in enumerate(points):
         logger: MetricLogger | None = logger_factory(i, point) if logger_factory else None
@@ -117,8 +119,12 @@ def grid_search(
             best, winner = res, i
         else:
             res.model = None  # type: ignore[assignment]
+        if res.stop_reason == "signal":  # SIGINT/SIGTERM: stop the search, keep what ran
+            log.warning("grid search stopped by a signal after point %d/%d", i + 1, len(points))
+            interrupted = True
+            break
     if best is None:
         raise TrainingError(f"every grid point failed: {errors}")
     if evaluate_test:
         evaluate_test_once(best, dataset, device)
-    return GridResult(points, scores, errors, winner, best, metric, valids)
+    return GridResult(points, scores, errors, winner, best, metric, valids, interrupted)

@@ -314,3 +314,39 @@ def test_every_registered_model_has_a_small_grid_of_valid_configs():
         assert 2 <= len(points) <= 4, model
         for point in points:
             resolve_configs(model, point)
+
+
+def test_a_run_stopped_by_a_signal_stops_the_benchmark_and_is_not_reused(monkeypatch, tmp_path):
+    data = clustered(0)
+
+    def signalled(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        return dataclasses.replace(result, stop_reason="signal")
+
+    monkeypatch.setattr(runner_mod, "train", signalled)
+    with pytest.raises(KeyboardInterrupt, match="bpr s0: stopped by a signal"):
+        run_benchmark(
+            data, ["bpr"], seeds=2, out=tmp_path, grids={}, progress=False, overrides=FAST
+        )
+    folder = tmp_path / "runs/bpr/s0"
+    assert (folder / "metrics.json").is_file() and not (folder / runner_mod.STAMP).exists()
+    assert not (tmp_path / "report.md").exists()
+    monkeypatch.setattr(runner_mod, "train", real_train)
+    again = run_benchmark(
+        data, ["bpr"], seeds=2, out=tmp_path, grids={}, progress=False, overrides=FAST
+    )
+    assert again.models["bpr"].reused == [False, False]
+
+
+def test_a_grid_search_stops_at_a_signal(monkeypatch):
+    from alignrec.training import grid as grid_mod
+
+    calls = []
+
+    def signalled(*args, **kwargs):
+        calls.append(args[2])
+        return dataclasses.replace(real_train(*args, **kwargs), stop_reason="signal")
+
+    monkeypatch.setattr(grid_mod, "train", signalled)
+    g = grid_mod.grid_search("bpr", clustered(0), {"reg_weight": [1e-3, 1e-5]}, FAST)
+    assert g.interrupted and len(calls) == 1 and g.valid_scores[0] is not None
