@@ -67,11 +67,7 @@ class MLflowLogger:
         tracking_uri: str | None = None,
         artifact_root: str | Path | None = None,
     ) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow.tracking import MlflowClient
-
-        self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._connect(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             root = (
@@ -90,15 +86,18 @@ class MLflowLogger:
         self.run_id = run.info.run_id
         self._closed = False
 
-    @classmethod
-    def attach(cls, run_id: str, tracking_uri: str | None = None) -> MLflowLogger:
-        """A logger on an existing run, e.g. one another process opened."""
+    def _connect(self, tracking_uri: str | None) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
-        self = cls.__new__(cls)
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
+    @classmethod
+    def attach(cls, run_id: str, tracking_uri: str | None = None) -> MLflowLogger:
+        """A logger on an existing run, e.g. one another process opened."""
+        self = cls.__new__(cls)
+        self._connect(tracking_uri)
         self.run_id = run_id
         self.experiment_id = self.client.get_run(run_id).info.experiment_id
         self._closed = False

@@ -174,7 +174,7 @@ def results_table(report: dict[str, Any]) -> str:
         if compared:
             row += [_p(s.get(f"p_wilcoxon_vs_{OURS}")), _p(s.get(f"p_ttest_vs_{OURS}"))]
         lines.append("| " + " | ".join(row) + " |")
-    if report.get("gain"):
+    if compared:
         cells = []
         for metric in METRICS:
             g, best = report["gain"][key(metric)], report["best_baseline"][key(metric)]
@@ -255,7 +255,7 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
             "averaged over seeds: Wilcoxon signed-rank (scipy.stats.wilcoxon, two-sided) and paired "
             "t-test (scipy.stats.ttest_rel). The gain row is AlignRec's relative difference to the "
             "best baseline of each column."
-            if "gain" in report
+            if report.get("gain")
             else ""
         ),
     ]

@@ -14,6 +14,8 @@ from typing import Any
 
 from alignrec.benchmark.runner import BenchmarkResult
 
+SUMMARY_TAGS = {"kind": "summary"}  # marks a benchmark's summary run
+
 # ``new_logger(experiment, run_name, tags)`` -> an MLflowLogger (or anything with its methods).
 NewLogger = Callable[[str, str, dict[str, str]], Any]
 
@@ -46,9 +48,9 @@ class BenchmarkTracking:
         self.experiment = f"benchmark-{dataset}"
         self.new_logger = new_logger
         self.tags = {"dataset": dataset, **(tags or {})}
-        self.summary = summary or new_logger(
-            self.experiment, "summary", {**self.tags, "kind": "summary"}
-        )
+        if summary is None:
+            summary = new_logger(self.experiment, "summary", {**self.tags, **SUMMARY_TAGS})
+        self.summary = summary
 
     @property
     def run_id(self) -> str:

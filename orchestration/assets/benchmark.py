@@ -24,7 +24,6 @@ from orchestration.partitions import dataset_partitions
 from orchestration.resources import ComputeResource, MLflowResource
 
 GROUP = "benchmark"
-SUMMARY_TAGS = {"kind": "summary"}
 
 
 class BenchmarkConfig(dg.Config):
@@ -176,6 +175,8 @@ def benchmark_report(
 def close_summary_run(context: dg.HookContext) -> None:
     """A failed step leaves no summary run open: the run's summary is marked FAILED."""
     from mlflow.tracking import MlflowClient
+
+    from alignrec.benchmark.tracking import SUMMARY_TAGS
 
     client = MlflowClient(tracking_uri=context.resources.mlflow.uri())
     tags = " and ".join(
