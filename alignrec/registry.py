@@ -2,14 +2,18 @@
 
 Every trained AlignRec model becomes a new version of ``alignrec-<dataset>``, tagged with
 what it was made from (``data_version``: the md5 of the repository's ``data.dvc``;
+``data_fingerprint``: the content hash of this dataset, its spec and input files;
 ``code_version``: the git commit, ``-dirty`` when tracked files changed; ``params``: the
 train and model configs as JSON) and how it scored (``valid_recall_at_20``,
 ``valid_ndcg_at_20``, ``test_recall_at_20``, ``test_ndcg_at_20``).
 
 Aliases, not stages: the newest version is the ``challenger``; it becomes the
 ``champion`` only when its validation Recall@20 beats the champion's (or there is no
-champion). Serving loads ``models:/alignrec-<dataset>@champion``, so rolling back is
-pointing ``champion`` at an earlier version (:func:`promote`).
+champion). Versions trained on different data (their ``data_fingerprint`` tags differ)
+are never compared: their validation splits are not the same users and items, so the
+champion stays until it is promoted by hand. Serving loads
+``models:/alignrec-<dataset>@champion``, so rolling back is pointing ``champion`` at an
+earlier version (:func:`promote`).
 
 mlflow is imported inside the functions that need it.
 """
@@ -33,6 +37,7 @@ from alignrec.tracking import default_tracking_uri, mlflow_key
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_METRIC = "valid_recall_at_20"
+DATA_TAG = "data_fingerprint"
 HEADLINE = ("recall@20", "ndcg@20")
 UNKNOWN = "unknown"
 
@@ -87,6 +92,8 @@ def version_tags(
         "model": str(record.get("model", "")),
         "seed": str(record.get("seed", "")),
     }
+    if record.get(DATA_TAG):
+        tags[DATA_TAG] = str(record[DATA_TAG])
     if record.get("features") is not None:
         tags["features"] = str(record["features"])
     for split in ("valid", "test"):
@@ -136,7 +143,7 @@ class PromotionDecision:
     """Whether a challenger replaced the champion, and on what evidence.
 
     ``champion_version``/``champion_value`` describe the champion before the decision
-    (``None`` when there was none).
+    (``None`` when there was none); ``*_data`` are the versions' ``data_fingerprint`` tags.
     """
 
     name: str
@@ -147,6 +154,8 @@ class PromotionDecision:
     champion_value: float | None
     accepted: bool
     reason: str
+    challenger_data: str | None = None
+    champion_data: str | None = None
 
     @property
     def serving_version(self) -> str | None:
@@ -159,13 +168,18 @@ class PromotionDecision:
         def fmt(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.4f}"
 
+        def data(fingerprint: str | None) -> str:
+            return fingerprint[:12] if fingerprint else "n/a"
+
         champion = f"v{self.champion_version}" if self.champion_version else "none"
         return "\n".join(
             [
-                f"| {self.name} | version | {self.metric} |",
-                "|---|---|---|",
-                f"| champion (before) | {champion} | {fmt(self.champion_value)} |",
-                f"| challenger | v{self.challenger_version} | {fmt(self.challenger_value)} |",
+                f"| {self.name} | version | {self.metric} | data |",
+                "|---|---|---|---|",
+                f"| champion (before) | {champion} | {fmt(self.champion_value)} "
+                f"| {data(self.champion_data)} |",
+                f"| challenger | v{self.challenger_version} | {fmt(self.challenger_value)} "
+                f"| {data(self.challenger_data)} |",
                 "",
                 f"**{'promoted' if self.accepted else 'kept champion'}**: {self.reason}",
             ]
@@ -188,20 +202,27 @@ def promote_if_better(
     than the current champion's, or when there is no champion yet.
 
     A champion without a readable ``metric`` (one promoted by hand from an untagged
-    version) is kept: there is no evidence to replace it on.
+    version) is kept: there is no evidence to replace it on. So is a champion trained on
+    other data (both carry ``data_fingerprint`` tags and they differ): the two validation
+    scores come from different splits and say nothing about which model is better.
     """
     version = str(version)
     challenger_value = _version_metric(client, name, version, metric)
+    challenger_data = client.get_model_version(name, version).tags.get(DATA_TAG)
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
     champion = str(champion) if champion is not None else None
     champion_value = _version_metric(client, name, champion, metric) if champion else None
+    champion_data = (
+        client.get_model_version(name, champion).tags.get(DATA_TAG) if champion else None
+    )
 
     def decide(accepted: bool, reason: str) -> PromotionDecision:
         if accepted:
             client.set_registered_model_alias(name, CHAMPION, version)
         return PromotionDecision(
-            name, metric, version, challenger_value, champion, champion_value, accepted, reason
-        )
+            name, metric, version, challenger_value, champion, champion_value, accepted, reason,
+            challenger_data=challenger_data, champion_data=champion_data,
+        )  # fmt: skip
 
     if champion == version:
         return decide(False, f"v{version} already is the champion")
@@ -211,6 +232,14 @@ def promote_if_better(
         return decide(True, f"no champion yet; v{version} becomes the first")
     if champion_value is None:
         return decide(False, f"the champion v{champion} has no {metric} tag to compare with")
+    if challenger_data and champion_data and challenger_data != champion_data:
+        return decide(
+            False,
+            f"v{version} was trained on other data than the champion v{champion} "
+            f"({DATA_TAG} {challenger_data[:12]} vs {champion_data[:12]}): their {metric} "
+            "come from different validation splits and do not compare. Check both, then "
+            f"promote by hand: alignrec registry promote --model {name} --version {version}",
+        )
     if challenger_value > champion_value:
         return decide(True, f"{metric} {challenger_value:.4f} > {champion_value:.4f}")
     return decide(False, f"{metric} {challenger_value:.4f} <= {champion_value:.4f} of v{champion}")
@@ -289,6 +318,7 @@ def list_versions(client, name: str) -> list[dict[str, str]]:
                 value = mv.tags.get(tag)
                 row[tag] = f"{float(value):.4f}" if value is not None else ""
         row["data_version"] = mv.tags.get("data_version", "")
+        row[DATA_TAG] = mv.tags.get(DATA_TAG, "")[:12]
         row["code_version"] = mv.tags.get("code_version", "")
         row["run_id"] = mv.run_id or ""
         rows.append(row)

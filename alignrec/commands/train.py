@@ -45,6 +45,8 @@ def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
         k: summary[k]
         for k in ("model", "dataset", "seed", "best_epoch", "epochs_run", "train_seconds")
     }
+    if summary.get("data_fingerprint"):
+        record["data_fingerprint"] = summary["data_fingerprint"]
     record["stopped_early"] = summary["stopped_early"]
     record["stop_reason"] = summary["stop_reason"]
     if result.history:

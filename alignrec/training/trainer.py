@@ -39,6 +39,8 @@ class TrainResult:
 
     Attributes:
         model_name, dataset_name, seed: what was trained on what.
+        data_fingerprint: the dataset's content hash (``meta.json``'s ``fingerprint``:
+            its spec and input files, so its split), ``None`` for an unprepared dataset.
         train_config, model_config: the resolved configs.
         best_epoch: 0-based epoch with the best validation metric.
         epochs_run: epochs actually trained (early stopping may cut it short).
@@ -68,6 +70,7 @@ class TrainResult:
     model: RecModel
     stopped_early: bool = False
     stop_reason: str = "epochs"
+    data_fingerprint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -75,6 +78,7 @@ class TrainResult:
         return {
             "model": self.model_name,
             "dataset": self.dataset_name,
+            "data_fingerprint": self.data_fingerprint,
             "seed": self.seed,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
@@ -255,6 +259,7 @@ def train(
         model=model,
         stopped_early=stop_reason != "epochs",
         stop_reason=stop_reason,
+        data_fingerprint=dataset.meta.get("fingerprint"),
     )
 
 

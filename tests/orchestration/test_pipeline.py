@@ -53,6 +53,9 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
 
     client = MlflowClient()
     run = client.get_run(ar["mlflow_run_id"])
+    fingerprint = result.output_for_node("dataset")["fingerprint"]
+    assert ar["data_fingerprint"] == fingerprint
+    assert client.get_model_version("alignrec-synthetic", "1").tags["data_fingerprint"] == fingerprint
     assert "valid/recall_at_20" in run.data.metrics
     stage1 = result.output_for_node("stage1_features")
     import mlflow

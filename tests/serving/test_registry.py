@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from alignrec import cli
 from alignrec.errors import ConfigError, DataError
 from alignrec.registry import (
+    DATA_TAG,
     DEFAULT_METRIC,
     code_version,
     data_version,
@@ -20,6 +21,7 @@ from alignrec.registry import (
     promote_if_better,
     register_version,
     registry_client,
+    version_tags,
 )
 
 pytestmark = pytest.mark.slow
@@ -56,8 +58,10 @@ def test_a_version_has_tags_signature_example_and_both_aliases(registered, train
     assert info.saved_input_example_info["type"] == "dataframe"
 
 
-def _register(client, name: str, source, recall: float | None) -> str:
+def _register(client, name: str, source, recall: float | None, data: str | None = None) -> str:
     tags = {} if recall is None else {DEFAULT_METRIC: repr(recall)}
+    if data is not None:
+        tags[DATA_TAG] = data
     return register_version(client, name, source.source, source.run_id, tags, source.model_id)
 
 
@@ -86,6 +90,33 @@ def test_gating_accepts_a_better_challenger_and_rejects_a_worse_one(registered):
     md = worse.markdown()
     assert "| champion (before) | v2 | 0.7000 |" in md and "| challenger | v3 | 0.6000 |" in md
     assert "kept champion" in md
+
+
+def test_gating_never_compares_versions_trained_on_different_data(registered):
+    client = registry_client(registered.uri)
+    source = client.get_model_version(registered.name, "1")
+    name = "gate-data"
+    old, new = "a" * 64, "b" * 64
+
+    assert promote_if_better(client, name, _register(client, name, source, 0.30, old)).accepted
+    other = promote_if_better(client, name, _register(client, name, source, 0.90, new))
+    assert not other.accepted and other.serving_version == "1"
+    assert (other.challenger_data, other.champion_data) == (new, old)
+    assert "trained on other data" in other.reason and "registry promote" in other.reason
+    assert "| challenger | v2 | 0.9000 | bbbbbbbbbbbb |" in other.markdown()
+    same = promote_if_better(client, name, _register(client, name, source, 0.40, old))
+    assert same.accepted and same.champion_version == "1"
+    # A version without the tag (registered before it existed) is still compared.
+    untagged = promote_if_better(client, name, _register(client, name, source, 0.50))
+    assert untagged.accepted and untagged.champion_version == "3"
+    assert _aliases(client, name) == {"champion": "4", "challenger": "4"}
+
+
+def test_version_tags_carry_the_dataset_fingerprint():
+    record = {"model": "alignrec", "seed": 0, DATA_TAG: "c" * 64, "valid": {"recall@20": 0.25}}
+    tags = version_tags(record, {"train": {}, "model": {}}, data="md5", code="abc")
+    assert tags[DATA_TAG] == "c" * 64 and tags[DEFAULT_METRIC] == "0.25"
+    assert DATA_TAG not in version_tags({"model": "alignrec"}, {}, data="md5", code="abc")
 
 
 def test_registry_cli_lists_versions_and_rolls_back(registered):

@@ -26,6 +26,7 @@ def tiny(monkeypatch):
 
 def test_train_writes_metrics_and_per_user_arrays(tiny, tmp_path):
     out = tmp_path / "run"
+    tiny.meta["fingerprint"] = "0f" * 32  # a prepared dataset's content hash
     res = CliRunner().invoke(
         cli.app,
         [
@@ -60,6 +61,7 @@ def test_train_writes_metrics_and_per_user_arrays(tiny, tmp_path):
     ):
         assert key in m
     assert m["model"] == "bpr" and m["seed"] == 2 and m["epochs_run"] == 3
+    assert m["data_fingerprint"] == "0f" * 32
     assert set(m["valid"]) == KEYS and set(m["test"]) == KEYS
     per_user = np.load(out / "per_user.npz")
     assert len(per_user["test/users"]) == tiny.n_users
