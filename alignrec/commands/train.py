@@ -14,6 +14,7 @@ Writes into ``--out``:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,12 +35,8 @@ def _per_user_arrays(result) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
-    """Write a finished run's files into ``out`` and return the metrics record."""
-    import torch
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_record(result, grid=None) -> dict[str, Any]:
+    """The ``metrics.json`` record of a finished run (a grid search's winner with ``grid``)."""
     summary = result.summary()
     record = {
         k: summary[k]
@@ -47,6 +44,8 @@ def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
     }
     if summary.get("data_fingerprint"):
         record["data_fingerprint"] = summary["data_fingerprint"]
+    if summary.get("processes", 1) > 1:
+        record["processes"] = summary["processes"]  # data-parallel over torchrun processes
     record["stopped_early"] = summary["stopped_early"]
     record["stop_reason"] = summary["stop_reason"]
     if result.history:
@@ -58,6 +57,17 @@ def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
     if grid is not None:
         record["selected_on"] = f"valid/{grid.metric}"
         record["grid_point"] = grid.points[grid.winner_index]
+    return record
+
+
+def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
+    """Write a finished run's files into ``out`` and return the metrics record."""
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    record = run_record(result, grid)
     io.write_json(out / "metrics.json", record)
     io.write_json(
         out / "config.json",
@@ -99,12 +109,33 @@ def run_train(
     replaces the built-in loggers (the orchestration passes its MLflow resource's);
     the winner's logger's ``run_id``, when it has one, is returned as ``mlflow_run_id``.
     ``export`` also writes ``recommender.npz`` for serving (see :mod:`alignrec.serving`).
+
+    Started by ``torchrun`` with several processes, it trains data-parallel
+    (:mod:`alignrec.training.distributed`); only rank 0 logs and writes ``out``.
     """
+    from alignrec.training import distributed
+
+    group, device, created = distributed.join(device)
+    try:
+        record = _run_train(
+            model, dataset, out, seed, sets, grids, device, threads, quiet or not group.is_main,
+            mlflow, experiment, features, logger_factory, export, group,
+        )
+    finally:
+        distributed.leave(created)
+    return record
+
+
+def _run_train(
+    model, dataset, out, seed, sets, grids, device, threads, quiet, mlflow, experiment, features,
+    logger_factory, export, group,
+) -> dict[str, Any]:
     import torch
 
     from alignrec.data import load_dataset
     from alignrec.training import (
         ConsoleLogger,
+        NullLogger,
         grid_search,
         parse_assignments,
         parse_grid,
@@ -123,11 +154,14 @@ def run_train(
                 resolve_configs(model, {**overrides, key: v})
     if threads:
         torch.set_num_threads(int(threads))
-    data = load_dataset(dataset)
-    if features is not None:
-        data = with_content_features(data, features)
+    with group.main_first():
+        data = load_dataset(dataset)
+        if features is not None:
+            data = with_content_features(data, features)
 
     def make_logger(tag: str | None = None):
+        if not group.is_main:
+            return NullLogger()
         if logger_factory is not None:
             return logger_factory(tag)
         if not mlflow:
@@ -155,7 +189,7 @@ def run_train(
                 {**result.test.prefixed("test"), "best_epoch": result.best_epoch},
                 step=result.best_epoch,
             )
-        record = write_run(out, result, g)
+        record = write_run(out, result, g) if group.is_main else run_record(result, g)
         winner_logger.log_artifact(Path(out) / "metrics.json")
         winner_logger.log_artifact(Path(out) / "per_user.npz")
         if getattr(winner_logger, "run_id", None):
@@ -166,13 +200,13 @@ def run_train(
         g = None
         lg = make_logger()
         result = train(model, data, overrides, lg, seed=seed, device=device)
-        record = write_run(out, result)
+        record = write_run(out, result) if group.is_main else run_record(result)
         lg.log_artifact(Path(out) / "metrics.json")
         lg.log_artifact(Path(out) / "per_user.npz")
         if getattr(lg, "run_id", None):
             record["mlflow_run_id"] = lg.run_id
         getattr(lg, "close", lambda: None)()
-    if export:
+    if export and group.is_main:
         from alignrec.serving import export_recommender
 
         export_recommender(result.model, data, Path(out) / "recommender.npz")
@@ -254,5 +288,6 @@ def train_command(
         model, dataset, out, seed, sets, grids, device, threads or None, quiet, mlflow, experiment,
         features=features,
     )
-    typer.echo(format_record(record))
-    typer.echo(f"wrote {Path(out) / 'metrics.json'}")
+    if os.environ.get("RANK", "0") == "0":  # torchrun's other processes wrote nothing
+        typer.echo(format_record(record))
+        typer.echo(f"wrote {Path(out) / 'metrics.json'}")

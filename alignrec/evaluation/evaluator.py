@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -110,7 +111,10 @@ class Evaluator:
     """Full-ranking evaluator bound to one dataset and split.
 
     Builds the per-user masks once, so that evaluating every epoch costs only the
-    scoring, masking and top-K of each batch.
+    scoring, masking and top-K of each batch. With ``group`` (a
+    :class:`alignrec.training.distributed.Group`) each process ranks every
+    ``world_size``-th batch of users and the hits are gathered, so all processes return
+    the same result.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class Evaluator:
         ks: tuple[int, ...] | list[int] = DEFAULT_KS,
         batch_size: int = 1024,
         device: str | torch.device = "cpu",
+        group: Any = None,
     ) -> None:
         if split == "train":
             raise ValueError("evaluate on 'valid' or 'test'; training items are what gets masked")
@@ -128,6 +133,7 @@ class Evaluator:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.split = split
+        self.group = group  # a distributed Group: each process ranks its share of the batches
         self.ks = tuple(int(k) for k in ks)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
@@ -145,7 +151,10 @@ class Evaluator:
         k_max = min(max(self.ks), self.n_items)
         out = np.zeros((len(self.users), k_max), dtype=bool)
         users_t = torch.from_numpy(self.users)
-        for start in range(0, len(self.users), self.batch_size):
+        starts = range(0, len(self.users), self.batch_size)
+        if self.group is not None:
+            starts = starts[self.group.rank :: self.group.world_size]
+        for start in starts:
             stop = min(start + self.batch_size, len(self.users))
             scores = scorer(users_t[start:stop].to(self.device))
             if scores.shape != (stop - start, self.n_items):
@@ -164,6 +173,8 @@ class Evaluator:
             gt[rows.to(dev), cols.to(dev)] = True
             hits = gt.gather(1, top) & (vals > -torch.inf)  # masked items never count
             out[start:stop] = hits.cpu().numpy()
+        if self.group is not None:
+            out = self.group.merge_rows(out, self.device)
         return out
 
     @torch.no_grad()

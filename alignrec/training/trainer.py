@@ -22,6 +22,7 @@ from alignrec.data.dataset import Dataset
 from alignrec.errors import AlignRecError
 from alignrec.evaluation import EvalResult, Evaluator
 from alignrec.models import ModelConfig, RecModel, get_model_class
+from alignrec.training import distributed
 from alignrec.training.config import TrainConfig, config_to_dict, resolve_configs
 from alignrec.training.logger import MetricLogger, NullLogger
 from alignrec.training.sampler import NegativeSampler
@@ -39,6 +40,7 @@ class TrainResult:
 
     Attributes:
         model_name, dataset_name, seed: what was trained on what.
+        processes: how many data-parallel processes trained it (``torchrun``).
         data_fingerprint: the dataset's content hash (``meta.json``'s ``fingerprint``:
             its spec and input files, so its split), ``None`` for an unprepared dataset.
         train_config, model_config: the resolved configs.
@@ -71,6 +73,7 @@ class TrainResult:
     stopped_early: bool = False
     stop_reason: str = "epochs"
     data_fingerprint: str | None = None
+    processes: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -79,6 +82,7 @@ class TrainResult:
             "model": self.model_name,
             "dataset": self.dataset_name,
             "data_fingerprint": self.data_fingerprint,
+            "processes": self.processes,
             "seed": self.seed,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
@@ -158,11 +162,15 @@ def train(
     logger = logger if logger is not None else NullLogger()
     device = torch.device(device)
     model_cls = get_model_class(model_name)
+    group = distributed.current()
 
     set_seed(seed)
     model = model_cls(dataset, model_cfg).to(device)
+    step_loss = distributed.loss_fn(model, group, device)
     sampler = NegativeSampler(dataset, seed=seed)
-    valid_eval = Evaluator(dataset, "valid", train_cfg.ks, train_cfg.eval_batch_size, device)
+    valid_eval = Evaluator(
+        dataset, "valid", train_cfg.ks, train_cfg.eval_batch_size, device, group=group
+    )
     optimizer = make_optimizer(model, train_cfg)
     factor, step = train_cfg.lr_decay_factor, train_cfg.lr_decay_step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: factor ** (e / step))
@@ -187,23 +195,29 @@ def train(
         for epoch in range(train_cfg.epochs):
             t0 = time.perf_counter()
             model.train()
+            group.sync_rng()
             model.on_epoch_start(epoch)
             lr = optimizer.param_groups[0]["lr"]
             total, n_batches = torch.zeros((), device=device), 0
-            for users, pos, neg in sampler.epoch(train_cfg.batch_size):
+            for batch in sampler.epoch(train_cfg.batch_size):
+                if len(batch[0]) < group.world_size:
+                    continue  # a last batch too small to give every process a row
+                (users, pos, neg), weight = group.slice(*batch)
                 users, pos, neg = users.to(device), pos.to(device), neg.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = model.loss(users, pos, neg)
+                loss = step_loss(users, pos, neg)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{model_name}: loss is {loss.item()} at epoch {epoch}, batch {n_batches}"
                     )
+                if weight != 1.0:  # this process's share of an uneven batch
+                    loss = loss * weight
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
                 n_batches += 1
             scheduler.step()
-            epoch_loss = float(total) / max(n_batches, 1)
+            epoch_loss = float(group.mean(total)) / max(n_batches, 1)
             t1 = time.perf_counter()
             valid = evaluate_model(model, valid_eval)
             t2 = time.perf_counter()
@@ -231,6 +245,7 @@ def train(
                 stop_reason = "time budget"
             elif stop.requested:
                 stop_reason = "signal"
+            stop_reason = group.agree(stop_reason)  # clocks and signals are per process
             if stop_reason != "epochs":
                 log.warning("%s: stopping after epoch %d (%s)", model_name, epoch, stop_reason)
                 break
@@ -241,7 +256,9 @@ def train(
     model.eval()
     test = None
     if evaluate_test:
-        test_eval = Evaluator(dataset, "test", train_cfg.ks, train_cfg.eval_batch_size, device)
+        test_eval = Evaluator(
+            dataset, "test", train_cfg.ks, train_cfg.eval_batch_size, device, group=group
+        )
         test = evaluate_model(model, test_eval)
         logger.log_metrics({**test.prefixed("test"), "best_epoch": best_epoch}, step=best_epoch)
     return TrainResult(
@@ -260,6 +277,7 @@ def train(
         stopped_early=stop_reason != "epochs",
         stop_reason=stop_reason,
         data_fingerprint=dataset.meta.get("fingerprint"),
+        processes=group.world_size,
     )
 
 
@@ -302,7 +320,10 @@ def evaluate_test_once(
     """Score the test split for a finished run (used for the winner of a grid)."""
     cfg = result.train_config
     result.test = evaluate_model(
-        result.model, Evaluator(dataset, "test", cfg.ks, cfg.eval_batch_size, device)
+        result.model,
+        Evaluator(
+            dataset, "test", cfg.ks, cfg.eval_batch_size, device, group=distributed.current()
+        ),
     )
     return result.test
 
