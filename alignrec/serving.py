@@ -138,7 +138,10 @@ def input_example(export_path: str | Path) -> pd.DataFrame:
     return pd.DataFrame({"user_id": [user], "k": [10], "exclude": [[item]]})
 
 
-SERVING_PACKAGES = ("mlflow", "alignrec", "cloudpickle", "numpy", "pandas")
+# What the pyfunc imports. alignrec itself travels with the model (``code_paths``), so a
+# serving environment built from these pins (`mlflow models serve`, `build-docker`) needs no
+# alignrec install.
+SERVING_PACKAGES = ("mlflow", "cloudpickle", "numpy", "pandas")
 
 
 def pip_requirements() -> list[str]:
@@ -160,11 +163,20 @@ def log_recommender(export_path: str | Path, run_id: str, registered_name: str |
     """Log the exported recommender as a pyfunc model named ``recommender`` in ``run_id``,
     with its signature and an input example; register it when ``registered_name`` is given
     (:func:`alignrec.registry.register_recommender` registers with tags and aliases)."""
+    import shutil
+    import tempfile
+
     import mlflow
+
+    import alignrec
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        code = Path(tmp) / "alignrec"  # the package's sources, without bytecode caches
+        shutil.copytree(
+            Path(alignrec.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
+        )
         info = mlflow.pyfunc.log_model(
             name="recommender",
             python_model=RecommenderModel(),
@@ -172,6 +184,7 @@ def log_recommender(export_path: str | Path, run_id: str, registered_name: str |
             signature=signature(),
             input_example=input_example(export_path),
             pip_requirements=pip_requirements(),
+            code_paths=[str(code)],
             registered_model_name=registered_name,
         )
     return info

@@ -83,3 +83,36 @@ def test_recommend_command_names_a_missing_model(registered):
         ],
     )
     assert res.exit_code != 0 and "models:/absent@champion" in str(res.exception)
+
+
+LOAD_WITHOUT_ALIGNREC = """
+import importlib.util, sys
+assert importlib.util.find_spec("alignrec") is None, "alignrec is importable before loading"
+import mlflow.pyfunc, pandas as pd
+out = mlflow.pyfunc.load_model(sys.argv[1]).predict(pd.DataFrame({"user_id": ["3"], "k": [4]}))
+print(len(out), sys.modules["alignrec"].__file__)
+"""
+
+
+def test_the_registered_model_carries_its_code(registered, tmp_path):
+    """Loaded where alignrec is not installed (no site hooks, so not the editable install),
+    the model imports the alignrec copy it was logged with."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    import mlflow
+
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"],
+           "MLFLOW_TRACKING_URI": registered.uri, "MLFLOW_REGISTRY_URI": registered.uri}  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-S", "-c", LOAD_WITHOUT_ALIGNREC, registered.champion],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    count, origin = res.stdout.split()
+    assert count == "4" and "/code/alignrec/" in origin
+    requirements = mlflow.pyfunc.get_model_dependencies(registered.champion)
+    assert "alignrec" not in Path(requirements).read_text()
