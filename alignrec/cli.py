@@ -7,14 +7,29 @@ inside the commands so that ``alignrec --help`` stays fast.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 
 from alignrec.env import set_offline
-from alignrec.errors import AlignRecError
+from alignrec.errors import AlignRecError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+DATA_PARALLEL = ("train",)  # commands that train data-parallel under torchrun
+
+
+@app.callback()
+def _check_launch(ctx: typer.Context) -> None:
+    # torchrun starts the command in every process: only `train` shares the work out; any
+    # other would run N times over, each copy writing the same files.
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in DATA_PARALLEL:
+        raise ConfigError(
+            f"`alignrec {ctx.invoked_subcommand}` runs in one process, but torchrun started "
+            f"{world} (WORLD_SIZE): only `alignrec train` trains data-parallel"
+        )
 data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
 app.add_typer(data_app, name="data")
 

@@ -85,3 +85,16 @@ def test_each_process_ranks_its_share_of_the_users():
     merged = Evaluator(data, "valid", batch_size=7, group=_Merging(0, part1)).ranked_hits(score)
     assert part1.any() and not np.array_equal(part1, full)  # rank 1 ranked only its batches
     np.testing.assert_array_equal(merged, full)
+
+
+def test_commands_other_than_train_refuse_to_run_in_several_processes(monkeypatch):
+    from typer.testing import CliRunner
+
+    from alignrec import cli
+    from alignrec.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = CliRunner().invoke(cli.app, ["benchmark", "--dataset", "synthetic"])
+    assert isinstance(res.exception, ConfigError) and "alignrec benchmark" in str(res.exception)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert CliRunner().invoke(cli.app, ["data", "list"]).exit_code == 0
