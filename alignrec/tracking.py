@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,22 @@ class MLflowLogger:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("FAILED" if exc_type else "FINISHED")
+
+
+@dataclass(frozen=True)
+class MLflowLoggers:
+    """A logger factory (``factory(tag)``, what ``run_train`` takes) made of plain values, so
+    that it crosses into the processes of a data-parallel run: one MLflow run per call, named
+    ``run_name`` or ``run_name-tag`` (a grid point)."""
+
+    experiment: str
+    run_name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str | None = None
+
+    def __call__(self, tag: str | None = None) -> MLflowLogger:
+        name = self.run_name + (f"-{tag}" if tag else "")
+        return MLflowLogger(self.experiment, name, dict(self.tags), self.tracking_uri)
 
 
 def mlflow_key(key: str) -> str:

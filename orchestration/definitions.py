@@ -49,6 +49,7 @@ defs = dg.Definitions(
         "compute": ComputeResource(
             device=os.environ.get("ALIGNREC_DEVICE", "auto"),
             threads=int(os.environ.get("ALIGNREC_THREADS", "0")),
+            processes=int(os.environ.get("ALIGNREC_PROCESSES", "1")),
         ),
     },
     executor=_executor(),

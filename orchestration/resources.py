@@ -33,12 +33,16 @@ class MLflowResource(dg.ConfigurableResource):
 
 class ComputeResource(dg.ConfigurableResource):
     """Where training runs: ``device`` is ``cpu``, ``cuda`` or ``auto`` (CUDA when present);
-    ``threads`` caps torch's CPU threads (0: torch's default). The definitions read both from
-    ``ALIGNREC_DEVICE`` / ``ALIGNREC_THREADS`` so ``make``, ``dvc repro`` and the UI share them;
-    on a machine shared with other jobs, ``ALIGNREC_THREADS=1`` avoids oversubscription."""
+    ``threads`` caps torch's CPU threads (0: torch's default); ``processes`` above 1 trains
+    the training assets data-parallel in that many local processes (one per GPU with
+    ``cuda``; :mod:`alignrec.training.distributed`). The definitions read them from
+    ``ALIGNREC_DEVICE`` / ``ALIGNREC_THREADS`` / ``ALIGNREC_PROCESSES`` so ``make``, ``dvc
+    repro`` and the UI share them; on a machine shared with other jobs,
+    ``ALIGNREC_THREADS=1`` avoids oversubscription."""
 
     device: str = "auto"
     threads: int = 0
+    processes: int = 1
 
     def torch_device(self) -> str:
         import torch

@@ -1,7 +1,8 @@
 """Data-parallel training over ``torch.distributed``, started by ``torchrun``.
 
 ``torchrun --nproc-per-node N -m alignrec.cli train MODEL ...`` (or ``--nnodes``/
-``--rdzv-endpoint`` across machines) starts N copies of the command. Each joins the process
+``--rdzv-endpoint`` across machines) starts N copies of the command; :func:`launch` does the
+same from Python (torchrun's own launcher), which is how a Dagster training asset runs. Each joins the process
 group (``gloo`` on CPU, ``nccl`` on CUDA), holds the whole model (graph models propagate over
 the whole graph every step) and takes its slice of every batch;
 :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients. Each slice's loss
@@ -151,6 +152,35 @@ def leave(created: bool) -> None:
     """Destroy the process group when :func:`join` created it."""
     if created and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def _call(fn, args: tuple, kwargs: dict) -> Any:
+    return fn(*args, **kwargs)
+
+
+def launch(processes: int, fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in ``processes`` local processes started by torchrun's launcher
+    (``elastic_launch``, a fresh rendezvous on a free port), which :func:`join` then groups;
+    rank 0's return value. ``fn`` and its arguments must pickle (spawned processes).
+    One process: a plain call. A failed process fails the launch, with its traceback.
+    """
+    if processes <= 1:
+        return fn(*args, **kwargs)
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    return elastic_launch(config, _call)(fn, args, kwargs)[0]
 
 
 class _Loss(nn.Module):

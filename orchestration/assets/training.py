@@ -46,16 +46,22 @@ def run_args(config: TrainConfig) -> dict:
     }
 
 
-def logger_factory(mlflow: MLflowResource, context, model: str, seed: int, **tags: str):
-    """MLflow loggers for one training asset's runs (one per grid point), tagged with the Dagster run."""
+def train_run(context, config: TrainConfig, mlflow: MLflowResource, compute: ComputeResource,
+              model: str, out, tags: dict[str, str] | None = None, **kwargs) -> dict:
+    """``run_train`` for a training asset, logging one MLflow run per grid point (tagged with
+    the Dagster run and ``tags``): in this process, or data-parallel in ``compute.processes``
+    processes (rank 0's record comes back). ``kwargs``: ``features``, ``export``."""
+    from alignrec.commands.train import run_train
+    from alignrec.tracking import MLflowLoggers
+    from alignrec.training.distributed import launch
+
     name = context.partition_key
-
-    def factory(tag: str | None = None):
-        run_name = f"{model}-s{seed}" + (f"-{tag}" if tag else "")
-        return mlflow.logger(f"train-{name}", run_name,
-                             {"model": model, "dataset": name, "dagster_run": context.run_id, **tags})
-
-    return factory
+    tags = {"model": model, "dataset": name, "dagster_run": context.run_id, **(tags or {})}
+    loggers = MLflowLoggers(f"{mlflow.experiment_prefix}train-{name}", f"{model}-s{config.seed}",
+                            tags, mlflow.uri())
+    return launch(compute.processes, run_train, model, name, out, **run_args(config),
+                  device=compute.torch_device(), threads=compute.threads or None, quiet=True,
+                  logger_factory=loggers, **kwargs)
 
 
 def run_dir(dataset: str, model: str):
@@ -79,14 +85,9 @@ def make_training_asset(model: str) -> dg.AssetsDefinition:
         mlflow: MLflowResource,
         compute: ComputeResource,
     ) -> dict:
-        from alignrec.commands.train import run_train
-
         name = context.partition_key
         out = run_dir(name, model)
-        record = run_train(
-            model, name, out, **run_args(config), device=compute.torch_device(), quiet=True,
-            logger_factory=logger_factory(mlflow, context, model, config.seed),
-        )
+        record = train_run(context, config, mlflow, compute, model, out)
         context.add_output_metadata(
             {**headline(record), "mlflow_run_id": record.get("mlflow_run_id", ""),
              "folder": dg.MetadataValue.path(str(out))}
@@ -127,8 +128,6 @@ def alignrec_model(
     mlflow: MLflowResource,
     compute: ComputeResource,
 ) -> dict:
-    from alignrec.commands.train import run_train
-
     name = context.partition_key
     if config.features == "stage1":
         if stage1_features.get("skipped"):
@@ -138,11 +137,8 @@ def alignrec_model(
     else:
         features = config.features
     out = run_dir(name, "alignrec")
-    record = run_train(
-        "alignrec", name, out, **run_args(config), device=compute.torch_device(), quiet=True,
-        logger_factory=logger_factory(mlflow, context, "alignrec", config.seed, features=config.features),
-        features=features, export=True,
-    )
+    record = train_run(context, config, mlflow, compute, "alignrec", out,
+                       tags={"features": config.features}, features=features, export=True)
     from alignrec.registry import register_recommender
 
     decision = register_recommender(out, record, registered_name(name), tracking_uri=mlflow.uri())

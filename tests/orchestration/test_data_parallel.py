@@ -1,0 +1,35 @@
+"""A training asset with ``processes: 2`` trains data-parallel and logs one MLflow run."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_asset_trains_in_two_processes(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from orchestration.assets import data, training
+    from orchestration.resources import ComputeResource, MLflowResource
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*data.assets, *(a for a in training.assets if a.key.path == ["bpr_model"])],
+            partition_key="synthetic", instance=instance,
+            resources={"mlflow": MLflowResource(),
+                       "compute": ComputeResource(device="cpu", threads=1, processes=2)},
+            run_config={"ops": {"bpr_model": {"config": {"sets": {"epochs": "2"}}}}},
+        )  # fmt: skip
+    assert result.success
+    record = result.output_for_node("bpr_model")
+    assert record["processes"] == 2 and record["epochs_run"] == 2 and record["mlflow_run_id"]
+
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(record["mlflow_run_id"])
+    assert run.data.tags["dagster_run"] == result.run_id and run.info.status == "FINISHED"
+    assert "valid/recall_at_20" in run.data.metrics and "test/recall_at_20" in run.data.metrics
+    experiment = MlflowClient(uri).get_experiment(run.info.experiment_id)
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 1  # rank 0's only
