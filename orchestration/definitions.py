@@ -40,7 +40,7 @@ pipeline_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[*data.assets, *features.assets, *training.assets, *benchmark.assets],
-    asset_checks=[*data.checks, *features.checks],
+    asset_checks=[*data.checks, *features.checks, *training.checks],
     jobs=[data_job, pipeline_job],
     schedules=automation.schedules,
     sensors=automation.sensors,

@@ -155,3 +155,33 @@ def alignrec_model(
 
 
 assets.append(alignrec_model)
+
+
+def make_model_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """A blocking check of a training asset's run folder (alignrec.training.checks)."""
+    name = asset.key.path[-1]
+
+    @dg.asset_check(asset=asset, name=f"{name}_valid", blocking=True,
+                    partitions_def=dataset_partitions,
+                    description="Epochs add up, every valid/test metric lies in [0, 1], every "
+                    "weight is finite, an exported recommender has one row per user and item.")
+    def _check(context: dg.AssetCheckExecutionContext, record: dict) -> dg.AssetCheckResult:
+        import json
+        from pathlib import Path
+
+        from alignrec.paths import dataset_tables
+        from alignrec.training.checks import run_problems
+
+        if record.get("skipped"):
+            return dg.AssetCheckResult(passed=True, metadata={"skipped": record["skipped"]})
+        meta = json.loads((dataset_tables(context.partition_key) / "meta.json").read_text())
+        problems = run_problems(Path(record["folder"]), int(meta["users"]), int(meta["items"]))
+        return dg.AssetCheckResult(
+            passed=not problems,
+            metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
+        )
+
+    return _check
+
+
+checks = [make_model_check(a) for a in assets]
