@@ -140,7 +140,12 @@ def alignrec_model(
     record = train_run(context, config, mlflow, compute, "alignrec", out,
                        tags={"features": config.features}, features=features, export=True)
     from alignrec.registry import register_recommender
+    from alignrec.training.checks import run_problems
 
+    problems = run_problems(out, dataset["users"], dataset["items"])
+    if problems:  # never registered, so never served: the champion stays
+        raise dg.Failure("the trained model is unsound, not registered:\n" + "\n".join(problems),
+                         metadata={"folder": dg.MetadataValue.path(str(out))})
     decision = register_recommender(out, record, registered_name(name), tracking_uri=mlflow.uri())
     context.add_output_metadata(
         {**headline(record), "mlflow_run_id": record["mlflow_run_id"],

@@ -1,4 +1,4 @@
-"""A training asset with ``processes: 2`` trains data-parallel and logs one MLflow run."""
+"""Training assets: data-parallel training, and no registration of an unsound model."""
 
 from __future__ import annotations
 
@@ -33,3 +33,26 @@ def test_training_asset_trains_in_two_processes(tmp_path, monkeypatch):
     assert "valid/recall_at_20" in run.data.metrics and "test/recall_at_20" in run.data.metrics
     experiment = MlflowClient(uri).get_experiment(run.info.experiment_id)
     assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 1  # rank 0's only
+
+
+def test_an_unsound_alignrec_model_is_not_registered(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import alignrec.training.checks
+    from alignrec.data import load_dataset
+    from orchestration.assets.training import AlignRecConfig, alignrec_model
+    from orchestration.resources import ComputeResource, MLflowResource
+
+    fault = "model.pt: item_emb has non-finite values"
+    monkeypatch.setattr(alignrec.training.checks, "run_problems", lambda *a: [fault])
+    summary = load_dataset("synthetic").summary()
+    context = dg.build_asset_context(partition_key="synthetic")
+    config = AlignRecConfig(features="raw:concat", sets={"epochs": "1"})
+    with pytest.raises(dg.Failure, match="not registered") as failure:
+        alignrec_model(context=context, config=config, dataset=summary, stage1_features={},
+                       mlflow=MLflowResource(), compute=ComputeResource(device="cpu", threads=1))
+    assert fault in failure.value.description
+
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(uri, registry_uri=uri).search_registered_models() == []
