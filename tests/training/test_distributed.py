@@ -98,3 +98,19 @@ def test_commands_other_than_train_refuse_to_run_in_several_processes(monkeypatc
     assert isinstance(res.exception, ConfigError) and "alignrec benchmark" in str(res.exception)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert CliRunner().invoke(cli.app, ["data", "list"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_every_model_stays_in_step_across_processes():
+    from alignrec.models import MODELS
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           "-m", "tests.training.ddp_models"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in res.stdout.splitlines()}
+    assert set(rows) == set(MODELS)
+    for name, (gap, loss, epochs) in rows.items():
+        # the same weights on both processes: the gradients were averaged, shared state agreed
+        assert float(gap) == 0.0 and np.isfinite(float(loss)) and epochs == "2", (name, gap)
