@@ -21,6 +21,7 @@ ARGS = [
     # LightGCN-paper regularisation: a per-example mean, so the slices' weighted losses
     # add up to the batch's (MMRec's Σ‖E‖/B is a norm of the whole batch: not additive)
     "--set", "reg_squared=true",
+    "--grid", "reg_weight=1e-4,1e-2",  # every process walks the grid; rank 0 writes grid.json
 ]  # fmt: skip
 
 
@@ -49,6 +50,7 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert m2["processes"] == 2 and "processes" not in m1
     assert m2["test"] == pytest.approx(m1["test"], abs=1e-9)
+    assert m2["grid_point"] == m1["grid_point"] and (tmp_path / "two" / "grid.json").is_file()
 
 
 def test_a_process_takes_its_weighted_slice_of_a_batch():
