@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from alignrec.env import set_offline
+from alignrec.errors import ConfigError
 from orchestration import automation
 from orchestration.assets import benchmark, data, features, training
 from orchestration.partitions import dataset_partitions
@@ -15,13 +16,29 @@ from orchestration.resources import ComputeResource, MLflowResource
 set_offline()
 
 
+def _env_int(name: str, default: int, minimum: int) -> int:
+    """An integer setting from the environment; a clear error naming it when it is not one."""
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r}: expected an integer >= {minimum}")
+    return value
+
+
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+
+
 def _executor() -> dg.ExecutorDefinition:
     """In-process locally (each extra process costs ~3 s on 2 cores); set
     ``ALIGNREC_EXECUTOR=multiprocess`` to fan steps out, or configure a k8s/celery
     executor in a deployment."""
-    if os.environ.get("ALIGNREC_EXECUTOR", "in_process") == "multiprocess":
-        return dg.multiprocess_executor
-    return dg.in_process_executor
+    name = os.environ.get("ALIGNREC_EXECUTOR", "in_process")
+    if name not in EXECUTORS:
+        raise ConfigError(f"ALIGNREC_EXECUTOR={name!r}: expected one of {sorted(EXECUTORS)}")
+    return EXECUTORS[name]
 
 
 data_job = dg.define_asset_job(
@@ -48,8 +65,8 @@ defs = dg.Definitions(
         "mlflow": MLflowResource(),
         "compute": ComputeResource(
             device=os.environ.get("ALIGNREC_DEVICE", "auto"),
-            threads=int(os.environ.get("ALIGNREC_THREADS", "0")),
-            processes=int(os.environ.get("ALIGNREC_PROCESSES", "1")),
+            threads=_env_int("ALIGNREC_THREADS", 0, minimum=0),
+            processes=_env_int("ALIGNREC_PROCESSES", 1, minimum=1),
         ),
     },
     executor=_executor(),

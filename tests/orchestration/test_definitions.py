@@ -49,3 +49,22 @@ def test_materialize_data_group_on_synthetic(instance):
     assert len(evals) == 4 and all(e.passed for e in evals)
     meta = result.asset_materializations_for_node("dataset")[0].metadata
     assert meta["users"].value == 40 and meta["items"].value == 30
+
+
+def test_a_wrong_setting_in_the_environment_is_named(monkeypatch):
+    from alignrec.errors import ConfigError
+    from orchestration.definitions import _env_int, _executor
+
+    monkeypatch.setenv("ALIGNREC_EXECUTOR", "multiproces")
+    with pytest.raises(ConfigError, match="ALIGNREC_EXECUTOR='multiproces': expected one of"):
+        _executor()
+    monkeypatch.setenv("ALIGNREC_EXECUTOR", "multiprocess")
+    assert _executor() is dg.multiprocess_executor
+    monkeypatch.setenv("ALIGNREC_PROCESSES", "0")
+    with pytest.raises(ConfigError, match="ALIGNREC_PROCESSES='0': expected an integer >= 1"):
+        _env_int("ALIGNREC_PROCESSES", 1, minimum=1)
+    monkeypatch.setenv("ALIGNREC_THREADS", "two")
+    with pytest.raises(ConfigError, match="ALIGNREC_THREADS='two'"):
+        _env_int("ALIGNREC_THREADS", 0, minimum=0)
+    monkeypatch.delenv("ALIGNREC_THREADS")
+    assert _env_int("ALIGNREC_THREADS", 0, minimum=0) == 0
