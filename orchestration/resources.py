@@ -44,11 +44,18 @@ class ComputeResource(dg.ConfigurableResource):
     threads: int = 0
     processes: int = 1
 
-    def torch_device(self) -> str:
+    def limit_threads(self) -> None:
+        """Cap torch's CPU threads at ``threads`` in this process (0 leaves torch's default)."""
         import torch
 
         if self.threads:
             torch.set_num_threads(self.threads)
+
+    def torch_device(self) -> str:
+        """The device to train on, after capping the threads (:meth:`limit_threads`)."""
+        import torch
+
+        self.limit_threads()
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device

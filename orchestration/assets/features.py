@@ -10,7 +10,7 @@ with the reason in their metadata.
 import dagster as dg
 
 from orchestration.partitions import dataset_partitions
-from orchestration.resources import MLflowResource
+from orchestration.resources import ComputeResource, MLflowResource
 
 GROUP = "features"
 EVAL_GROUP = "evaluation"
@@ -39,10 +39,11 @@ def _skipped(context, name: str, reason: str) -> dict:
     description="Frozen MiniLM token states and EfficientNet-Lite0 patch grids per item, cached by "
     "encoder version and input hash (a rerun reuses them).",
 )
-def encoder_outputs(context: dg.AssetExecutionContext, dataset: dict) -> dict:
+def encoder_outputs(context: dg.AssetExecutionContext, dataset: dict, compute: ComputeResource) -> dict:
     from alignrec.features.cache import extract
     from alignrec.features.pipeline import default_cache_dir
 
+    compute.limit_threads()
     ds = _dataset(dataset)
     if not _has_content(ds):
         return _skipped(context, ds.name, "the dataset has no item content (text, images or vectors)")
@@ -84,6 +85,7 @@ def stage1_features(
     dataset: dict,
     encoder_outputs: dict,
     mlflow: MLflowResource,
+    compute: ComputeResource,
 ) -> dict:
     from alignrec import io
     from alignrec.features.cache import extract
@@ -92,6 +94,7 @@ def stage1_features(
 
     if encoder_outputs.get("skipped"):
         return _skipped(context, dataset["name"], encoder_outputs["skipped"])
+    compute.limit_threads()  # float results depend on the thread count: the same one everywhere
     ds = _dataset(dataset)
     outputs = extract(ds, encoder_outputs["cache_dir"], progress=False)
     fusion_cfg = FusionConfig.from_dict(parse_overrides(config.overrides))

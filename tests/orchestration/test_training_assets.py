@@ -56,3 +56,37 @@ def test_an_unsound_alignrec_model_is_not_registered(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_stage1_pretrains_at_the_compute_resources_thread_count(tmp_path, monkeypatch):
+    """Float results depend on torch's thread count: stage 1 follows ALIGNREC_THREADS like
+    the training assets (it used to keep the process default)."""
+    import torch
+
+    import alignrec.features.cache
+    import alignrec.features.fusion
+    from alignrec.data import load_dataset
+    from orchestration.assets.features import Stage1Config, stage1_features
+    from orchestration.resources import ComputeResource, MLflowResource
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen = []
+
+    def pretrain(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(alignrec.features.cache, "extract", lambda *a, **k: None)
+    monkeypatch.setattr(alignrec.features.fusion, "pretrain_fusion", pretrain)
+    data = load_dataset("synthetic")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="stop here"):
+            stage1_features(context=dg.build_asset_context(partition_key="synthetic"),
+                            config=Stage1Config(), dataset={"name": data.name, "folder": data.meta["folder"]},
+                            encoder_outputs={"cache_dir": "unused"}, mlflow=MLflowResource(),
+                            compute=ComputeResource(device="cpu", threads=1))  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
