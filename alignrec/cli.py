@@ -7,12 +7,11 @@ inside the commands so that ``alignrec --help`` stays fast.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import typer
 
-from alignrec.env import set_offline
+from alignrec.env import launched_world_size, set_offline
 from alignrec.errors import AlignRecError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -24,8 +23,8 @@ DATA_PARALLEL = ("train",)  # commands that train data-parallel under torchrun
 def _check_launch(ctx: typer.Context) -> None:
     # torchrun starts the command in every process: only `train` shares the work out; any
     # other would run N times over, each copy writing the same files.
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in DATA_PARALLEL:
+    world = launched_world_size()
+    if world > 1 and ctx.invoked_subcommand not in DATA_PARALLEL:
         raise ConfigError(
             f"`alignrec {ctx.invoked_subcommand}` runs in one process, but torchrun started "
             f"{world} (WORLD_SIZE): only `alignrec train` trains data-parallel"

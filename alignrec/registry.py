@@ -186,8 +186,8 @@ class PromotionDecision:
         )
 
 
-def _version_metric(client, name: str, version: str, metric: str) -> float | None:
-    value = client.get_model_version(name, version).tags.get(metric)
+def _tag_number(tags: dict[str, str], metric: str) -> float | None:
+    value = tags.get(metric)
     try:
         number = float(value) if value is not None else None
     except ValueError:
@@ -207,14 +207,14 @@ def promote_if_better(
     scores come from different splits and say nothing about which model is better.
     """
     version = str(version)
-    challenger_value = _version_metric(client, name, version, metric)
-    challenger_data = client.get_model_version(name, version).tags.get(DATA_TAG)
+    challenger_tags = client.get_model_version(name, version).tags
+    challenger_value = _tag_number(challenger_tags, metric)
+    challenger_data = challenger_tags.get(DATA_TAG)
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
     champion = str(champion) if champion is not None else None
-    champion_value = _version_metric(client, name, champion, metric) if champion else None
-    champion_data = (
-        client.get_model_version(name, champion).tags.get(DATA_TAG) if champion else None
-    )
+    champion_tags = client.get_model_version(name, champion).tags if champion else {}
+    champion_value = _tag_number(champion_tags, metric)
+    champion_data = champion_tags.get(DATA_TAG)
 
     def decide(accepted: bool, reason: str) -> PromotionDecision:
         if accepted:

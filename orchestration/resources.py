@@ -17,12 +17,17 @@ class MLflowResource(dg.ConfigurableResource):
 
         return self.tracking_uri or default_tracking_uri()
 
+    def loggers(self, experiment: str, run_name: str, tags: dict[str, str] | None = None):
+        """A factory of MLflow runs in ``experiment`` (``factory(tag)``, one run per call, as
+        ``run_train`` takes), picklable into the processes of a data-parallel run."""
+        from alignrec.tracking import MLflowLoggers
+
+        return MLflowLoggers(f"{self.experiment_prefix}{experiment}", run_name, dict(tags or {}),
+                             self.uri())
+
     def logger(self, experiment: str, run_name: str, tags: dict[str, str] | None = None):
         """A new MLflow run wrapped in the library's metric-logger interface."""
-        from alignrec.tracking import MLflowLogger
-
-        return MLflowLogger(f"{self.experiment_prefix}{experiment}", run_name=run_name,
-                            tags=tags, tracking_uri=self.uri())
+        return self.loggers(experiment, run_name, tags)()
 
     def attach(self, run_id: str):
         """A logger on an existing run (one another step of the run opened)."""

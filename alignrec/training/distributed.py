@@ -2,9 +2,9 @@
 
 ``torchrun --nproc-per-node N -m alignrec.cli train MODEL ...`` (or ``--nnodes``/
 ``--rdzv-endpoint`` across machines) starts N copies of the command; :func:`launch` does the
-same from Python (torchrun's own launcher), which is how a Dagster training asset runs. Each joins the process
-group (``gloo`` on CPU, ``nccl`` on CUDA), holds the whole model (graph models propagate over
-the whole graph every step) and takes its slice of every batch;
+same from Python (torchrun's own launcher), which is how a Dagster training asset runs.
+Each process joins the group (``gloo`` on CPU, ``nccl`` on CUDA), holds the whole model
+(graph models propagate over the whole graph every step) and takes its slice of every batch;
 :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients. Each slice's loss
 is weighted by its share of the batch, so a step follows the gradient of the whole batch:
 ``batch_size``, the learning rate and the schedule mean what they mean in one process.
@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from alignrec.env import launched_world_size
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,8 @@ class Group:
         """
         if not self.parallel:
             return
-        cpu, cuda = self.agree(
-            (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        )
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        cpu, cuda = self.agree((torch.get_rng_state(), cuda))
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
@@ -115,14 +116,6 @@ def current() -> Group:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return Group(torch.distributed.get_rank(), torch.distributed.get_world_size())
     return Group()
-
-
-def launched_world_size() -> int:
-    """``WORLD_SIZE`` as ``torchrun`` sets it; 1 when absent."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
 
 
 def join(device: str | torch.device) -> tuple[Group, torch.device, bool]:

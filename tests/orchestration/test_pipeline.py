@@ -30,9 +30,8 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
     assert result.success
     evals = result.get_asset_check_evaluations()
     assert evals and all(e.passed for e in evals)
-    assert {"bpr_model_valid", "lightgcn_model_valid", "alignrec_model_valid"} <= {
-        e.check_name for e in evals
-    }
+    # alignrec_model checks its run itself, before registering (test_training_assets.py)
+    assert {"bpr_model_valid", "lightgcn_model_valid"} <= {e.check_name for e in evals}
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"dataset", "stage1_features", "alignrec_model", "zero_shot_eval", "item_cf_eval",
             "mask_modality_eval", "bpr_model", "lightgcn_model", "benchmark"} <= materialized
