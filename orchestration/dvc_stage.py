@@ -146,6 +146,8 @@ def _stage2_ops(params: dict[str, Any]) -> dict[str, dict]:
 def _benchmark_ops(params: dict[str, Any]) -> dict[str, dict]:
     """``benchmark`` -> the ``benchmark`` asset's :class:`BenchmarkConfig`; ``sets`` are checked
     against every benchmarked model, as the benchmark applies them to each."""
+    from alignrec.benchmark.grids import with_grid_changes
+    from alignrec.benchmark.runner import plan_models
     from alignrec.models import MODELS
     from alignrec.training.config import resolve_configs
     from orchestration.assets.benchmark import BenchmarkConfig
@@ -175,6 +177,19 @@ def _benchmark_ops(params: dict[str, Any]) -> dict[str, dict]:
         except ConfigError as exc:
             raise ConfigError(f"benchmark.sets: {exc}") from None
     config["sets"] = sets
+    grids: dict[str, dict[str, list[str]]] = {}
+    for model, keys in _mapping(section.get("grids"), "benchmark.grids").items():
+        for name, values in _mapping(keys, f"benchmark.grids.{model}").items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(
+                    f"benchmark.grids.{model}.{name} must be a non-empty list, got {values!r}"
+                )
+            grids.setdefault(model, {})[name] = [_text(v) for v in values]
+    try:
+        plan_models(config.get("models") or None, sets, with_grid_changes(grids))
+    except ConfigError as exc:
+        raise ConfigError(f"benchmark.grids: {exc}") from None
+    config["grids"] = grids
     return {"benchmark": {"config": config}}
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from alignrec.errors import ConfigError
+
 # Config keys every benchmark run starts from (``--set`` / ``overrides`` replace them).
 # MMRec's ``stopping_step``: validation Recall@20 is checked every epoch, and a run stops
 # 20 epochs after its best one (the trainer's own default, 30, costs ~1.5x the CPU time).
@@ -52,3 +54,42 @@ def model_grid(
 ) -> dict[str, list[Any]]:
     """The grid searched for ``model`` (``{}``: train with the defaults)."""
     return dict((GRIDS if grids is None else grids).get(model.lower(), {}))
+
+
+def with_grid_changes(
+    changes: dict[str, dict[str, list[Any]]] | None,
+    grids: dict[str, dict[str, list[Any]]] | None = None,
+) -> dict[str, dict[str, list[Any]]]:
+    """``grids`` (default :data:`GRIDS`) with ``changes[model][key]`` replacing that key's
+    values in that model's grid (a key the grid lacks is added).
+
+    Pinning each key of a model to one value trains that model once per seed, with no
+    search: what a dataset too large for the full grid on one machine needs. Model names
+    are checked here; keys and values when the benchmark resolves each grid point.
+    """
+    from alignrec.models import get_model_class
+
+    merged = {m: dict(g) for m, g in (GRIDS if grids is None else grids).items()}
+    for model, keys in (changes or {}).items():
+        get_model_class(model)  # ConfigError naming the registered models
+        for key, values in keys.items():
+            if not isinstance(values, list | tuple) or not values:
+                raise ConfigError(
+                    f"grid {model}.{key}: expected a non-empty list of values, got {values!r}"
+                )
+            merged.setdefault(model.lower(), {})[key] = list(values)
+    return merged
+
+
+def parse_grid_changes(items: list[str] | None) -> dict[str, dict[str, list[str]]]:
+    """``["lightgcn.n_layers=2,3"]`` -> ``{"lightgcn": {"n_layers": ["2", "3"]}}``."""
+    from alignrec.training.config import parse_grid
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for item in items or []:
+        ((target, values),) = parse_grid([item]).items()
+        model, dot, key = target.partition(".")
+        if not dot or not model or not key:
+            raise ConfigError(f"expected MODEL.KEY=V1,V2 (e.g. lightgcn.n_layers=2,3), got {item!r}")
+        out.setdefault(model.lower(), {})[key] = values
+    return out

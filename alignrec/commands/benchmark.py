@@ -43,6 +43,14 @@ def benchmark_command(
         list[str] | None,
         typer.Option("--set", help="config key=value for every run, e.g. epochs=100 (repeatable)"),
     ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="MODEL.KEY=V1,V2 replaces that key's values in the model's grid (repeatable); "
+            "one value per key pins the model, e.g. --grid lightgcn.n_layers=3",
+        ),
+    ] = None,
     mlflow: Annotated[
         bool,
         typer.Option(
@@ -56,9 +64,11 @@ def benchmark_command(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from alignrec.benchmark import run_benchmark
+    from alignrec.benchmark.grids import parse_grid_changes, with_grid_changes
     from alignrec.benchmark.report import results_table
     from alignrec.training import parse_assignments
 
+    grids = with_grid_changes(parse_grid_changes(grid)) if grid else None
     tracking = None
     if mlflow:
         from alignrec.benchmark.tracking import BenchmarkTracking
@@ -75,6 +85,7 @@ def benchmark_command(
                 threads or None,
                 device,
                 logger_factory=tracking.logger_factory if tracking else None,
+                grids=grids,
                 progress=progress,
                 overrides=parse_assignments(sets),
             )

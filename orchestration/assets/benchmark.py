@@ -32,6 +32,8 @@ class BenchmarkConfig(dg.Config):
     models: list[str] = []  # registered model names; empty: every model
     seeds: int = 3  # seed 0 searches the grid, seeds 1.. retrain its winner
     sets: dict[str, str] = {}  # as ``alignrec benchmark --set key=value``
+    # model -> key -> values, replacing those keys in the model's grid (``--grid MODEL.KEY=V1,V2``)
+    grids: dict[str, dict[str, list[str]]] = {}
 
 
 def _read(dataset: dict):
@@ -60,6 +62,7 @@ def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: Comput
         device=compute.torch_device(),
         logger_factory=tracking.logger_factory,
         progress=False,
+        grids=plan["grids"],
         overrides=plan["sets"],
         skip=plan["skip"],
         write=False,
@@ -76,11 +79,13 @@ def benchmark_plan(
 ):
     """Check the models and settings, open the summary run, fan out one step per model."""
     from alignrec.benchmark import OURS
+    from alignrec.benchmark.grids import with_grid_changes
     from alignrec.benchmark.runner import plan_models
 
     if config.seeds < 1:
         raise dg.Failure(f"benchmark: seeds must be >= 1, got {config.seeds}")
-    models = list(plan_models(config.models or None, dict(config.sets)))
+    grids = with_grid_changes(config.grids)
+    models = list(plan_models(config.models or None, dict(config.sets), grids))
     skip, features = {}, None
     if stage1_features.get("skipped"):
         skip[OURS] = f"stage 1 was skipped: {stage1_features['skipped']}"
@@ -91,6 +96,7 @@ def benchmark_plan(
         "models": models,
         "seeds": config.seeds,
         "sets": dict(config.sets),
+        "grids": grids,
         "features": features,
         "skip": skip,
         "summary_run_id": tracking.run_id,
@@ -194,7 +200,12 @@ def _config(config: BenchmarkConfig) -> dict:
     """The asset's config (``ops: {benchmark: {config: ...}}``) is the plan step's."""
     return {
         "benchmark_plan": {
-            "config": {"models": config.models, "seeds": config.seeds, "sets": config.sets}
+            "config": {
+                "models": config.models,
+                "seeds": config.seeds,
+                "sets": config.sets,
+                "grids": config.grids,
+            }
         }
     }
 

@@ -18,6 +18,7 @@ from alignrec.benchmark import run_benchmark
 from alignrec.benchmark import runner as runner_mod
 from alignrec.benchmark.report import METRICS, key
 from alignrec.benchmark.tracking import BenchmarkTracking
+from alignrec.errors import ConfigError
 from alignrec.models import BPR, MODELS
 from alignrec.training import MemoryLogger
 from alignrec.training import train as real_train
@@ -302,6 +303,44 @@ def test_cli_prints_the_table_and_writes_the_report(monkeypatch, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["models"]) == {"bpr", "lightgcn", "alignrec"}
     assert report["models"]["bpr"]["grid_points"] == 2
+
+
+def test_grid_changes_replace_keys_of_one_model_grid_and_are_checked():
+    from alignrec.benchmark.grids import GRIDS as DEFAULT
+    from alignrec.benchmark.grids import parse_grid_changes, with_grid_changes
+
+    changes = parse_grid_changes(["lightgcn.n_layers=3", "LightGCN.dropout=0.1,0.2"])
+    assert changes == {"lightgcn": {"n_layers": ["3"], "dropout": ["0.1", "0.2"]}}
+    grids = with_grid_changes(changes)
+    assert grids["lightgcn"] == {
+        "n_layers": ["3"],
+        "reg_weight": DEFAULT["lightgcn"]["reg_weight"],
+        "dropout": ["0.1", "0.2"],
+    }
+    assert grids["bpr"] == DEFAULT["bpr"] and DEFAULT["lightgcn"]["n_layers"] == [2, 3]
+    with pytest.raises(ConfigError, match="MODEL.KEY"):
+        parse_grid_changes(["n_layers=3"])
+    with pytest.raises(ConfigError, match="gru"):
+        with_grid_changes({"gru": {"n_layers": [1]}})
+    with pytest.raises(ConfigError, match="lightgcn.n_layers"):
+        with_grid_changes({"lightgcn": {"n_layers": []}})
+
+
+def test_cli_grid_option_pins_a_model_and_names_a_wrong_key(monkeypatch, tmp_path):
+    ds = clustered(0)
+    monkeypatch.setattr(alignrec.data, "load_dataset", lambda name: ds)
+    args = ["benchmark", "--dataset", "tiny", "--models", "bpr", "--seeds", "1"]
+    args += ["--out", str(tmp_path), "--set", "epochs=2", "--threads", "1", "--no-progress"]
+    res = CliRunner().invoke(cli.app, [*args, "--grid", "bpr.reg_weight=0.001"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["models"]["bpr"]["grid_points"] == 1
+    stamp = json.loads((tmp_path / "runs" / "bpr" / "s0" / runner_mod.STAMP).read_text())
+    assert [c["model"]["reg_weight"] for c in stamp["configs"]] == [0.001]
+
+    res = CliRunner().invoke(cli.app, [*args, "--grid", "bpr.reg_weigth=0.1,0.01"])
+    assert isinstance(res.exception, ConfigError) and "reg_weigth" in str(res.exception)
+    assert report == json.loads((tmp_path / "report.json").read_text())  # nothing rewritten
 
 
 def test_every_registered_model_has_a_small_grid_of_valid_configs():

@@ -42,6 +42,15 @@ def test_params_become_run_config_the_assets_accept():
     dg.validate_run_config(job, {"ops": ops})  # raises on a key or type the assets refuse
 
 
+def test_benchmark_grids_in_params_reach_the_asset_config(tmp_path):
+    path = _write(tmp_path, _set("benchmark.grids", {"lightgcn": {"n_layers": [3], "reg_weight": [1e-3]}}))
+    ops = op_configs("benchmark", load_params(path))
+    assert ops["benchmark"]["config"]["grids"] == {
+        "lightgcn": {"n_layers": ["3"], "reg_weight": ["0.001"]}
+    }
+    dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), {"ops": ops})
+
+
 def _write(tmp_path: Path, edit) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     edit(params)
@@ -77,6 +86,9 @@ def _set(dotted: str, value):
         ("benchmark", _set("benchmark.models", ["bpr", "gru"]), "gru"),
         ("benchmark", _set("benchmark.seeds", 0), "benchmark.seeds"),
         ("benchmark", _set("benchmark.sets.epoch", 5), "epoch"),
+        ("benchmark", _set("benchmark.grids.lightgcn.n_layer", [2]), "n_layer"),
+        ("benchmark", _set("benchmark.grids.lightgcn.n_layers", []), "lightgcn.n_layers"),
+        ("benchmark", _set("benchmark.grids.gru", {"n_layers": [1]}), "gru"),
     ],
 )
 def test_a_wrong_param_is_a_config_error_naming_it(tmp_path, stage, edit, named):
