@@ -58,9 +58,7 @@ class ComputeResource(dg.ConfigurableResource):
 
     def torch_device(self) -> str:
         """The device to train on, after capping the threads (:meth:`limit_threads`)."""
-        import torch
+        from alignrec.env import torch_device
 
         self.limit_threads()
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return str(torch_device(self.device))  # ConfigError for a device this machine lacks

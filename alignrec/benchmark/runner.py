@@ -27,6 +27,7 @@ import numpy as np
 from alignrec import io
 from alignrec.commands.train import with_content_features, write_run
 from alignrec.data.dataset import Dataset
+from alignrec.env import torch_device
 from alignrec.errors import ConfigError
 from alignrec.models import MODELS, get_model_class
 from alignrec.models.base import MODALITY_PREFIX
@@ -175,6 +176,7 @@ def run_benchmark(
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     base = run_settings(overrides)
     plan = plan_models(models, overrides, grids)  # validates every config first
+    device = str(torch_device(device))  # and the device
     names = list(plan)
     if threads:
         import torch

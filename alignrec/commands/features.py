@@ -102,10 +102,14 @@ def pretrain_features(
         ),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    device: Annotated[
+        str, typer.Option(help="torch device of the encoders and the fusion training (or auto)")
+    ] = "cpu",
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Stage 1: extract encoder outputs (cached), pretrain the fusion encoder, write features."""
     from alignrec.data import load_dataset
+    from alignrec.env import torch_device
     from alignrec.features.fusion import FusionConfig, save_fusion
     from alignrec.features.pipeline import pretrain_features as run
     from alignrec.io import write_json, write_npy
@@ -125,15 +129,17 @@ def pretrain_features(
         except ValueError:
             values[key] = raw
     cfg = FusionConfig.from_dict(values)
+    torch_device(device)  # a device this machine lacks stops here, before any work
     t0 = time.perf_counter()
     ds = load_dataset(dataset)
-    res = run(ds, cache_dir, cfg, progress=progress)
+    res = run(ds, cache_dir, cfg, progress=progress, device=device)
     write_npy(out, res.features)
     summary = {
         "dataset": dataset,
         "features": str(out),
         "shape": list(res.features.shape),
         "config": cfg.to_dict(),
+        "device": device,
         "extraction_seconds": res.extraction_seconds,
         "training_seconds": res.train.seconds,
         "total_seconds": time.perf_counter() - t0,

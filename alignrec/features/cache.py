@@ -23,11 +23,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from alignrec.errors import DataError
 from alignrec.io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +166,7 @@ def text_tokens(
     max_tokens: int = 128,
     batch_size: int = 32,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> tuple[TextTokens, float]:
     """MiniLM token states of every text, from the cache when its key matches.
 
@@ -178,7 +183,7 @@ def text_tokens(
         log.info("text encoder outputs: cache hit %s", folder)
         return _load_text(folder, meta), 0.0
     t0 = time.perf_counter()
-    encoder = TextEncoder(max_tokens=max_tokens, batch_size=batch_size)
+    encoder = TextEncoder(max_tokens=max_tokens, batch_size=batch_size, device=device)
     ids, states, lengths = [], [], np.zeros(len(texts), np.int64)
     with _progress(len(texts), "MiniLM", progress) as bar:
         for start in range(0, len(texts), batch_size * 4):
@@ -227,6 +232,7 @@ def image_patches(
     *,
     batch_size: int = 16,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> tuple[ImagePatches, float]:
     """EfficientNet patch grids of every image, from the cache when its key matches.
 
@@ -244,7 +250,7 @@ def image_patches(
         log.info("image encoder outputs: cache hit %s", folder)
         return _load_image(folder, meta), 0.0
     t0 = time.perf_counter()
-    encoder = ImageEncoder(batch_size=batch_size)
+    encoder = ImageEncoder(batch_size=batch_size, device=device)
     have = [i for i, p in enumerate(paths) if p is not None]
     index = np.full(len(paths), -1, np.int64)
     index[have] = np.arange(len(have))
@@ -285,6 +291,7 @@ def extract(
     modalities: Sequence[str] | None = None,
     include_vectors: bool = True,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> EncoderOutputs:
     """Encoder outputs of a :class:`~alignrec.data.dataset.Dataset`, cached under ``cache_dir``.
 
@@ -295,6 +302,7 @@ def extract(
             one the dataset has (a modality no item has is skipped, not an error).
         include_vectors: also hand over the dataset's precomputed feature matrices.
         progress: show tqdm progress bars while encoding.
+        device: torch device the frozen encoders run on (a cache hit loads nothing).
     """
     from alignrec.env import set_offline
 
@@ -311,11 +319,11 @@ def extract(
     seconds: dict[str, float] = {}
     if "text" in wanted and dataset.has_text:
         text, seconds["text"] = text_tokens(
-            list(dataset.items["text"]), cache_dir, progress=progress
+            list(dataset.items["text"]), cache_dir, progress=progress, device=device
         )
     if "image" in wanted and dataset.has_images:
         image, seconds["image"] = image_patches(
-            list(dataset.items["image"]), cache_dir, progress=progress
+            list(dataset.items["image"]), cache_dir, progress=progress, device=device
         )
     vectors = {}
     if include_vectors:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignrec.env import set_offline
+from alignrec.env import set_offline, torch_device
 from alignrec.errors import ConfigError, DataError
 
 TEXT_DIM = 384
@@ -111,9 +111,15 @@ class TextEncoder:
     Args:
         max_tokens: texts are truncated to this many tokens ([CLS] and [SEP] included).
         batch_size: texts per forward pass.
+        device: torch device the model runs on (outputs come back as numpy arrays).
     """
 
-    def __init__(self, max_tokens: int = MAX_TEXT_TOKENS, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        max_tokens: int = MAX_TEXT_TOKENS,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+    ) -> None:
         set_offline()
         from transformers import AutoModel, AutoTokenizer
 
@@ -121,7 +127,10 @@ class TextEncoder:
         self.max_tokens = int(max_tokens)
         self.batch_size = int(batch_size)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
+        self.device = torch_device(device)
+        self.model = (
+            AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval().to(self.device)
+        )
         self.encoder_id = text_encoder_id(self.max_tokens)
         self.dim = int(self.model.config.hidden_size)
         self.vocab_size = int(self.model.config.vocab_size)
@@ -145,15 +154,20 @@ class TextEncoder:
                 max_length=self.max_tokens,
                 return_tensors="pt",
             )
-            states = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
+            states = (
+                self.model(
+                    input_ids=batch["input_ids"].to(self.device),
+                    attention_mask=batch["attention_mask"].to(self.device),
+                )
+                .last_hidden_state.float()
+                .cpu()
+            )
             lengths = batch["attention_mask"].sum(1).tolist()
             for row, i in enumerate(idx):
                 n = int(lengths[row])
                 out[i] = (
                     batch["input_ids"][row, :n].numpy().astype(np.int32),
-                    states[row, :n].float().numpy(),
+                    states[row, :n].numpy(),
                 )
         return out
 
@@ -181,9 +195,10 @@ class ImageEncoder:
 
     Args:
         batch_size: images per forward pass.
+        device: torch device the model runs on (outputs come back as numpy arrays).
     """
 
-    def __init__(self, batch_size: int = 16) -> None:
+    def __init__(self, batch_size: int = 16, device: str | torch.device = "cpu") -> None:
         import contextlib
         import io
 
@@ -194,6 +209,8 @@ class ImageEncoder:
             self.model = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=str(weights)
             ).eval()
+        self.device = torch_device(device)
+        self.model.to(self.device)
         self.batch_size = int(batch_size)
         self.encoder_id = image_encoder_id()
         self.dim = IMAGE_DIM
@@ -205,7 +222,7 @@ class ImageEncoder:
         out = np.zeros((len(paths), self.n_patches, self.dim), np.float32)
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start : start + self.batch_size]
-            x = torch.from_numpy(np.stack([load_image(p) for p in chunk]))
+            x = torch.from_numpy(np.stack([load_image(p) for p in chunk])).to(self.device)
             f = self.model.extract_features(x)  # [B, 1280, 7, 7]
-            out[start : start + len(chunk)] = f.flatten(2).transpose(1, 2).numpy()
+            out[start : start + len(chunk)] = f.flatten(2).transpose(1, 2).float().cpu().numpy()
         return out

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignrec.env import torch_device
 from alignrec.errors import ConfigError, DataError
 from alignrec.features.cache import EncoderOutputs
 
@@ -273,22 +274,42 @@ class Batch:
                 return int(t.shape[0])
         return 0
 
+    @property
+    def device(self) -> torch.device:
+        for t in (self.text, self.image, *self.vectors.values()):
+            if t is not None:
+                return t.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Batch:
+        """A copy with every tensor on ``device`` (the same batch when it is there already)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch(
+            move(self.text),
+            move(self.text_ids),
+            move(self.text_mask),
+            move(self.image),
+            move(self.image_mask),
+            {k: move(v) for k, v in self.vectors.items()},
+            {k: move(v) for k, v in self.vector_mask.items()},
+        )
+
     def has(self, modality: str) -> torch.Tensor:
         """Bool [B]: which items of the batch have this modality."""
-        if modality == TEXT:
-            return (
-                self.text_mask.any(1)
-                if self.text_mask is not None
-                else torch.zeros(self.size, dtype=torch.bool)
-            )
-        if modality == IMAGE:
-            return (
-                self.image_mask
-                if self.image_mask is not None
-                else torch.zeros(self.size, dtype=torch.bool)
-            )
+        if modality == TEXT and self.text_mask is not None:
+            return self.text_mask.any(1)
+        if modality == IMAGE and self.image_mask is not None:
+            return self.image_mask
         name = modality.removeprefix("vec:")
-        return self.vector_mask.get(name, torch.zeros(self.size, dtype=torch.bool))
+        if modality.startswith("vec:") and name in self.vector_mask:
+            return self.vector_mask[name]
+        return torch.zeros(self.size, dtype=torch.bool, device=self.device)
 
     def only(self, keep: set[str]) -> Batch:
         """A copy where every modality outside ``keep`` is marked absent."""
@@ -481,7 +502,7 @@ class FusionEncoder(nn.Module):
         parts, masks, where = [], [], {}
         cls = (self.cls + self.type_embedding.weight[0]).expand(b, 1, -1)
         parts.append(cls)
-        masks.append(torch.ones(b, 1, dtype=torch.bool))
+        masks.append(torch.ones(b, 1, dtype=torch.bool, device=cls.device))
         pos = 1
         if batch.text is not None and self.layout.text_dim and batch.text_mask.any():
             x = self.text_proj(batch.text)
@@ -523,7 +544,7 @@ class FusionEncoder(nn.Module):
             pos += 1
         hidden = self.input_norm(torch.cat(parts, dim=1))
         attn = torch.cat(masks, dim=1)
-        additive = torch.zeros(attn.shape, dtype=hidden.dtype).masked_fill(
+        additive = torch.zeros(attn.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(
             ~attn, torch.finfo(hidden.dtype).min
         )
         states = self.encoder(hidden, attention_mask=additive[:, None, None, :]).last_hidden_state
@@ -565,7 +586,7 @@ def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Ten
     """Symmetric InfoNCE between paired rows of a and b (in-batch negatives)."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     logits = a @ b.T / temperature
-    target = torch.arange(len(a))
+    target = torch.arange(len(a), device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
@@ -633,6 +654,7 @@ def pretrain_fusion(
     logger: MetricsLogger | None = None,
     progress: bool = False,
     on_epoch: Callable[[int, FusionEncoder], dict[str, float] | None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train a fusion encoder on every item's stored encoder outputs (no interactions are used).
 
@@ -644,9 +666,12 @@ def pretrain_fusion(
         progress: show a tqdm bar over epochs.
         on_epoch: called after each epoch with (epoch, model); metrics it returns are
             logged too (e.g. a validation probe). The model is in eval mode during the call.
+        device: torch device to train on. Masks and dropout are drawn on the CPU from the
+            config's seed, so a seed picks the same masks on every device.
 
     Returns:
-        the trained model (eval mode), the per-epoch mean losses and the training seconds.
+        the trained model (eval mode, on ``device``), the per-epoch mean losses and the
+        training seconds.
     """
     config = config or FusionConfig()
     logger = logger or NullLogger()
@@ -654,18 +679,18 @@ def pretrain_fusion(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(outputs, config, logger, progress, on_epoch)
+        return _train(outputs, config, logger, progress, on_epoch, torch_device(device))
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(outputs, config, logger, progress, on_epoch) -> TrainResult:
+def _train(outputs, config, logger, progress, on_epoch, device: torch.device) -> TrainResult:
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     layout = ModalityLayout.of(outputs)
-    model = FusionEncoder(config, layout)
+    model = FusionEncoder(config, layout).to(device)
     book = fit_codebook(outputs, config)
-    centres_t = tuple(torch.from_numpy(a) for a in book) if book is not None else None
+    centres_t = tuple(torch.from_numpy(a).to(device) for a in book) if book is not None else None
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     n = outputs.n_items
@@ -691,7 +716,7 @@ def _train(outputs, config, logger, progress, on_epoch) -> TrainResult:
         for idx in _epoch_batches(outputs, config, rng):
             if len(idx) < 2:
                 continue
-            batch = collate(outputs, idx, max_text_tokens=config.max_text_tokens)
+            batch = collate(outputs, idx, max_text_tokens=config.max_text_tokens).to(device)
             losses = _step_losses(model, batch, config, centres_t, gen)
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
@@ -748,7 +773,8 @@ def _random_mask(valid: torch.Tensor, ratio: float, gen: torch.Generator) -> tor
     """Bool mask selecting about ``ratio`` of the valid positions (at least one per row with any)."""
     if ratio <= 0:
         return torch.zeros_like(valid)
-    score = torch.rand(valid.shape, generator=gen).masked_fill(~valid, 2.0)
+    # Drawn on the generator's (CPU) device, so a seed gives the same masks on every device.
+    score = torch.rand(valid.shape, generator=gen).to(valid.device).masked_fill(~valid, 2.0)
     k = (valid.sum(-1, keepdim=True).float() * ratio).ceil().clamp_min(1).long()
     k = torch.where(valid.any(-1, keepdim=True), k, torch.zeros_like(k))
     rank = score.argsort(-1).argsort(-1)
@@ -771,10 +797,11 @@ def _step_losses(
     fused = batch
     if config.modality_dropout > 0 and len(mods) > 1:
         has = torch.stack([batch.has(m) for m in mods], 1)  # [B, M]
-        drop = (torch.rand(has.shape, generator=gen) < config.modality_dropout) & has
+        drop = (torch.rand(has.shape, generator=gen).to(has.device) < config.modality_dropout) & has
         all_gone = (has & ~drop).sum(1) == 0
         if all_gone.any():  # restore one random present modality for those items
-            keep = torch.rand(has.shape, generator=gen).masked_fill(~has, -1.0).argmax(1)
+            keep = torch.rand(has.shape, generator=gen).to(has.device)
+            keep = keep.masked_fill(~has, -1.0).argmax(1)
             drop[all_gone, keep[all_gone]] = False
         fused = batch.without({m: drop[:, j] for j, m in enumerate(mods)})
 
@@ -783,14 +810,15 @@ def _step_losses(
         valid = fused.text_mask.clone()
         lengths = valid.sum(1)
         valid[:, 0] = False  # keep [CLS]/[SEP] of MiniLM visible
-        valid[torch.arange(b), (lengths - 1).clamp_min(0)] = False
+        valid[torch.arange(b, device=valid.device), (lengths - 1).clamp_min(0)] = False
         text_masked = _random_mask(valid, config.text_mask_ratio, gen)
     if fused.image is not None and model.layout.image_dim:
         valid = fused.image_mask[:, None].expand(b, fused.image.shape[1])
         image_masked = _random_mask(valid, config.image_mask_ratio, gen)
     vector_masked = (
         {
-            name: (torch.rand(b, generator=gen) < config.vector_mask_ratio) & present
+            name: (torch.rand(b, generator=gen).to(present.device) < config.vector_mask_ratio)
+            & present
             for name, present in fused.vector_mask.items()
         }
         if config.vector_mask_ratio > 0
@@ -869,6 +897,7 @@ def encode_items(
     drop: dict[str, np.ndarray] | None = None,
     batch_size: int = 128,
     centre: bool = True,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Item feature table float32 [n_items, hidden_size], aligned to item indices.
 
@@ -879,6 +908,7 @@ def encode_items(
             encoded without that modality (the mask-modality protocol).
         batch_size: items per forward pass.
         centre: subtract the stored mean output (when the config asks for it).
+        device: where to run the model (default: where its weights are).
     """
     layout = ModalityLayout.of(outputs)
     if layout.modalities != model.layout.modalities:
@@ -889,6 +919,8 @@ def encode_items(
     drop_keys = {resolve_modality(layout, m): np.asarray(f, bool) for m, f in (drop or {}).items()}
     was_training = model.training
     model.eval()
+    device = torch.device(device) if device is not None else model.output_mean.device
+    model.to(device)
     out = np.zeros((outputs.n_items, model.output_dim), np.float32)
     try:
         for start in range(0, outputs.n_items, batch_size):
@@ -896,7 +928,7 @@ def encode_items(
             batch = collate(
                 outputs, idx, max_text_tokens=model.config.max_text_tokens, drop=drop_keys
             )
-            out[idx] = model.embed(batch, centre=centre).numpy()
+            out[idx] = model.embed(batch.to(device), centre=centre).float().cpu().numpy()
     finally:
         model.train(was_training)
     return out

@@ -58,14 +58,19 @@ def pretrain_features(
     *,
     logger: MetricsLogger | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Stage1Result:
     """Stage 1 (ICA) on one dataset: cached frozen encoders, then fusion pretraining.
 
     Uses only item content (texts, images, precomputed vectors), never interactions.
+    ``device`` runs the frozen encoders and the fusion training (``auto``: a GPU if any).
     """
+    from alignrec.env import torch_device
+
+    device = torch_device(device)  # a ConfigError before any work
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(dataset.name)
-    outputs = extract(dataset, cache_dir, progress=progress)
-    result = pretrain_fusion(outputs, config, logger=logger, progress=progress)
+    outputs = extract(dataset, cache_dir, progress=progress, device=device)
+    result = pretrain_fusion(outputs, config, logger=logger, progress=progress, device=device)
     return Stage1Result(encode_items(result.model, outputs), result, outputs)
 
 

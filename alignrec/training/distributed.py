@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignrec.env import launched_world_size
+from alignrec.env import launched_world_size, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def join(device: str | torch.device) -> tuple[Group, torch.device, bool]:
     ``cuda:<LOCAL_RANK>``) and whether this call created the group (the caller then
     leaves it with :func:`leave`).
     """
-    device = torch.device(device)
+    device = torch_device(device)
     if launched_world_size() <= 1:
         return current(), device, False
     if device.type == "cuda" and device.index is None:

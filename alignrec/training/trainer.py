@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from alignrec.data.dataset import Dataset
+from alignrec.env import torch_device
 from alignrec.errors import AlignRecError
 from alignrec.evaluation import EvalResult, Evaluator
 from alignrec.models import ModelConfig, RecModel, get_model_class
@@ -160,7 +161,7 @@ def train(
     else:
         train_cfg, model_cfg = resolve_configs(model_name, dict(config), None, model_config)
     logger = logger if logger is not None else NullLogger()
-    device = torch.device(device)
+    device = torch_device(device)
     model_cls = get_model_class(model_name)
     group = distributed.current()
 

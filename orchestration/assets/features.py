@@ -43,12 +43,12 @@ def encoder_outputs(context: dg.AssetExecutionContext, dataset: dict, compute: C
     from alignrec.features.cache import extract
     from alignrec.features.pipeline import default_cache_dir
 
-    compute.limit_threads()
+    device = compute.torch_device()  # caps the threads too
     ds = _dataset(dataset)
     if not _has_content(ds):
         return _skipped(context, ds.name, "the dataset has no item content (text, images or vectors)")
     cache = default_cache_dir(ds.name)
-    outputs = extract(ds, cache, progress=True)
+    outputs = extract(ds, cache, progress=True, device=device)
     context.add_output_metadata(
         {
             "modalities": ", ".join(outputs.modalities) if hasattr(outputs, "modalities") else "",
@@ -94,7 +94,8 @@ def stage1_features(
 
     if encoder_outputs.get("skipped"):
         return _skipped(context, dataset["name"], encoder_outputs["skipped"])
-    compute.limit_threads()  # float results depend on the thread count: the same one everywhere
+    # float results depend on the thread count: the same one everywhere (torch_device caps it)
+    device = compute.torch_device()
     ds = _dataset(dataset)
     outputs = extract(ds, encoder_outputs["cache_dir"], progress=False)
     fusion_cfg = FusionConfig.from_dict(parse_overrides(config.overrides))
@@ -102,7 +103,7 @@ def stage1_features(
     with mlflow.logger(f"stage1-{ds.name}", "fusion-pretraining",
                        {"dataset": ds.name, "dagster_run": context.run_id}) as lg:
         lg.log_params({f"fusion.{k}": v for k, v in fusion_cfg.to_dict().items()})
-        result = pretrain_fusion(outputs, fusion_cfg, logger=lg, progress=True)
+        result = pretrain_fusion(outputs, fusion_cfg, logger=lg, progress=True, device=device)
         features = encode_items(result.model, outputs)
         save_fusion(result.model, folder / "encoder")
         io.write_npy(folder / "features.npy", features)

@@ -343,6 +343,13 @@ def test_cli_grid_option_pins_a_model_and_names_a_wrong_key(monkeypatch, tmp_pat
     assert report == json.loads((tmp_path / "report.json").read_text())  # nothing rewritten
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_missing_gpu_stops_the_benchmark_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        run_benchmark(clustered(0), ["bpr"], seeds=1, out=tmp_path, device="cuda", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_every_registered_model_has_a_small_grid_of_valid_configs():
     from alignrec.benchmark.grids import GRIDS
     from alignrec.training import grid_points, resolve_configs

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from alignrec.cli import app
@@ -120,6 +121,15 @@ def test_pretrain_features_bad_config_key(synthetic_spec, tmp_path):
         ],
     )
     assert isinstance(res.exception, ConfigError)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_pretrain_features_on_a_missing_gpu_stops_before_any_work(synthetic_spec, tmp_path):
+    out = tmp_path / "f.npy"
+    args = ["pretrain-features", "--dataset", synthetic_spec, "--out", str(out)]
+    res = runner.invoke(app, [*args, "--device", "cuda"])
+    assert isinstance(res.exception, ConfigError) and "no CUDA GPU" in str(res.exception)
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 @pytest.mark.slow

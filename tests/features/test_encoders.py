@@ -44,9 +44,11 @@ def test_raw_text_matches_sentence_transformers(tiny_outputs):
 
 class _FakeText:
     calls = 0
+    devices: list = []
 
-    def __init__(self, max_tokens: int = 128, batch_size: int = 32) -> None:
+    def __init__(self, max_tokens: int = 128, batch_size: int = 32, device="cpu") -> None:
         type(self).calls += 1
+        type(self).devices.append(device)
         self.dim = 4
 
     def encode(self, texts):
@@ -61,9 +63,11 @@ class _FakeText:
 
 class _FakeImage:
     calls = 0
+    devices: list = []
 
-    def __init__(self, batch_size: int = 16) -> None:
+    def __init__(self, batch_size: int = 16, device="cpu") -> None:
         type(self).calls += 1
+        type(self).devices.append(device)
         self.dim, self.n_patches = 3, 49
 
     def encode(self, paths):
@@ -73,6 +77,7 @@ class _FakeImage:
 @pytest.fixture
 def fake_encoders(monkeypatch):
     _FakeText.calls = _FakeImage.calls = 0
+    _FakeText.devices, _FakeImage.devices = [], []
     monkeypatch.setattr(encoders, "TextEncoder", _FakeText)
     monkeypatch.setattr(encoders, "ImageEncoder", _FakeImage)
     return _FakeText, _FakeImage
@@ -84,8 +89,9 @@ def test_cache_reuse_and_invalidation(tmp_path, fake_encoders):
     text_enc, image_enc = fake_encoders
     ds = tiny_dataset(tmp_path)
     cache = tmp_path / "encoders"
-    first = cache_mod.extract(ds, cache, progress=False)
+    first = cache_mod.extract(ds, cache, progress=False, device="meta")
     assert (text_enc.calls, image_enc.calls) == (1, 1)
+    assert text_enc.devices == image_enc.devices == ["meta"]  # the encoders run on the device
     assert first.seconds["text"] > 0 and (cache / "text" / "meta.json").is_file()
 
     again = cache_mod.extract(ds, cache, progress=False)  # nothing changed: no encoder built

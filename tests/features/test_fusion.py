@@ -108,6 +108,34 @@ def test_training_is_deterministic_for_a_seed(targets):
     assert not np.allclose(a, c)
 
 
+def test_a_batch_moves_to_a_device_whole():
+    out = synthetic_outputs(vectors=True)
+    b = collate(out, np.array([0, 1, 2]))
+    assert b.to("cpu") is b and b.device == torch.device("cpu")
+    moved = b.to("meta")  # a device without data: every tensor must follow
+    tensors = [moved.text, moved.text_ids, moved.text_mask, moved.image, moved.image_mask]
+    tensors += [*moved.vectors.values(), *moved.vector_mask.values()]
+    assert {t.device.type for t in tensors} == {"meta"} and moved.device.type == "meta"
+    assert moved.has("image").device.type == "meta" and moved.has("vec:none").device.type == "meta"
+    assert [t.shape for t in tensors[:5]] == [
+        t.shape for t in (b.text, b.text_ids, b.text_mask, b.image, b.image_mask)
+    ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_matches_the_cpu():
+    """The same seed draws the same masks on every device: GPU features track the CPU ones."""
+    out = synthetic_outputs(vectors=True)
+    cfg = FusionConfig(**{**SMALL, "epochs": 2, "dropout": 0.0})
+    cpu = encode_items(pretrain_fusion(out, cfg).model, out)
+    model = pretrain_fusion(out, cfg, device="cuda").model
+    assert model.output_mean.device.type == "cuda"
+    gpu = encode_items(model, out)
+    cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cos.min() > 0.99, cos.min()
+    assert np.allclose(encode_items(model, out, device="cpu"), gpu, atol=1e-4)
+
+
 def test_save_load_roundtrip(tmp_path):
     out = synthetic_outputs()
     model = pretrain_fusion(out, FusionConfig(**SMALL)).model
