@@ -219,10 +219,15 @@ def log_fusion_encoder(encoder_dir: str | Path, features_path: str | Path, run_i
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     feats = np.load(features_path)
-    sig = infer_signature(pd.DataFrame({"item": [0]}),
-                          pd.DataFrame(feats[:1], columns=[f"f{i}" for i in range(feats.shape[1])]))
+    example = pd.DataFrame({"item": [0, min(1, len(feats) - 1)]})
+    sig = infer_signature(
+        example, pd.DataFrame(feats[:1], columns=[f"f{i}" for i in range(feats.shape[1])])
+    )
     with mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
-            name="encoder", python_model=FusionEncoderModel(),
-            artifacts={"encoder": str(encoder_dir), "features": str(features_path)}, signature=sig,
+            name="encoder",
+            python_model=FusionEncoderModel(),
+            artifacts={"encoder": str(encoder_dir), "features": str(features_path)},
+            signature=sig,
+            input_example=example,
         )

@@ -125,7 +125,7 @@ def test_forward_follows_section_3_densely():
         r = ds.matrix("train").toarray()
         a = np.block([[np.zeros((U, U)), r], [r.T, np.zeros((ds.n_items, ds.n_items))]])
         deg = a.sum(1)
-        dinv = np.where(deg > 0, deg**-0.5, 0)
+        dinv = np.power(deg, -0.5, where=deg > 0, out=np.zeros_like(deg))
         a_hat = dinv[:, None] * a * dinv[None, :]
         x0 = torch.cat([model.user_emb, model.item_emb]).numpy()
         c = (x0 + a_hat @ x0 + a_hat @ a_hat @ x0) / 3
