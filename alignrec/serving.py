@@ -214,14 +214,16 @@ def log_fusion_encoder(encoder_dir: str | Path, features_path: str | Path, run_i
                        tracking_uri: str | None = None):
     """Log the fusion encoder and its feature table as a pyfunc model named ``encoder``."""
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    feats = np.load(features_path)
+    feats = np.load(features_path, mmap_mode="r")
     example = pd.DataFrame({"item": [0, min(1, len(feats) - 1)]})
-    sig = infer_signature(
-        example, pd.DataFrame(feats[:1], columns=[f"f{i}" for i in range(feats.shape[1])])
+    sig = ModelSignature(
+        Schema([ColSpec("long", "item")]),
+        Schema([ColSpec("float", f"f{i}") for i in range(feats.shape[1])]),
     )
     with mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
