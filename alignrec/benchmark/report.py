@@ -10,6 +10,7 @@ averaged over the seeds first: the Wilcoxon signed-rank test
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -70,9 +71,30 @@ def model_summary(runs: ModelRuns) -> dict[str, Any]:
         out[f"{field}_mean"] = float(np.mean(values))
         out[f"{field}_per_seed"] = values
     out["grid_points"] = int(np.prod([len(v) for v in runs.grid.values()])) if runs.grid else 1
+    out["compute_seconds"] = compute_seconds(runs)
     out["winner"] = dict(runs.winner)
     out["runs_reused"] = int(sum(runs.reused))
     return out
+
+
+def compute_seconds(runs: ModelRuns) -> float | None:
+    """Training seconds of every run of a model, each grid point of seed 0 included.
+
+    None when a grid point's time is not on record (a failed point, or a run cached before
+    ``grid.json`` recorded it): a resumed benchmark's wall time says nothing of the compute,
+    this sum does.
+    """
+    total = 0.0
+    for seed, (record, folder) in enumerate(zip(runs.records, runs.folders, strict=True)):
+        grid = folder / "grid.json"
+        if seed == 0 and grid.is_file():
+            spent = [row.get("train_seconds") for row in json.loads(grid.read_text())]
+            if any(s is None for s in spent):
+                return None
+            total += sum(spent)
+        else:
+            total += float(record["train_seconds"])
+    return total
 
 
 def seed_averaged(runs: ModelRuns, metric: str = TEST_METRIC) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +146,7 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "wall_seconds": round(result.wall_seconds, 3),
         "runs_trained": sum(len(r.reused) - sum(r.reused) for r in result.models.values()),
         "runs_reused": sum(sum(r.reused) for r in result.models.values()),
+        "compute_seconds": _total([s["compute_seconds"] for s in models.values()]),
     }
     baselines = [m for m in models if m != OURS]
     if OURS in models and baselines:
@@ -289,10 +312,31 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
     parts += [
         "",
         f"Wall time {report['wall_seconds']:.1f}s; {report['runs_trained']} run(s) trained, "
-        f"{report['runs_reused']} reused from an earlier benchmark.",
+        f"{report['runs_reused']} reused from an earlier benchmark. {_compute_line(report)}",
         "",
     ]
     return "\n".join(parts)
+
+
+def _total(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def _compute_line(report: dict[str, Any]) -> str:
+    """The training compute of every run, reused ones and grid points included."""
+    if report.get("compute_seconds") is not None:
+        return (
+            f"Training compute over every run, grid points included: "
+            f"{report['compute_seconds'] / 3600:.2f} h."
+        )
+    unknown = [m for m, s in report["models"].items() if s.get("compute_seconds") is None]
+    if not unknown:
+        return ""
+    return (
+        "Training compute is not on record for "
+        + ", ".join(unknown)
+        + " (a failed grid point, or grid runs cached before their time was recorded)."
+    )
 
 
 def _paired_users(report: dict[str, Any]) -> str:

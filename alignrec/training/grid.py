@@ -35,6 +35,7 @@ class GridResult:
     metric: str
     all_valid: list[dict[str, float] | None] = field(default_factory=list)
     interrupted: bool = False  # a signal stopped a point; the later points did not run
+    seconds: list[float | None] = field(default_factory=list)  # each point's train_seconds
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-able row per point: overrides, valid metrics, error, whether it won."""
@@ -49,6 +50,7 @@ class GridResult:
                     "valid": self.all_valid[i] if self.all_valid else None,
                     "error": e,
                     "winner": i == self.winner_index,
+                    "train_seconds": self.seconds[i] if self.seconds else None,
                 }
             )
         return rows
@@ -92,6 +94,7 @@ def grid_search(
     scores: list[float | None] = []
     errors: list[str | None] = []
     valids: list[dict[str, float] | None] = []
+    seconds: list[float | None] = []
     best: TrainResult | None = None
     winner = -1
     interrupted = False
@@ -107,11 +110,13 @@ def grid_search(
             scores.append(None)
             errors.append(str(exc))
             valids.append(None)
+            seconds.append(None)
             continue
         score = res.valid.metrics[metric]
         scores.append(score)
         errors.append(None)
         valids.append(dict(res.valid.metrics))
+        seconds.append(res.train_seconds)
         log.info("grid point %d/%d %s: valid/%s=%.5f", i + 1, len(points), point, metric, score)
         if best is None or score > best.valid.metrics[metric]:
             if best is not None:
@@ -127,4 +132,4 @@ def grid_search(
         raise TrainingError(f"every grid point failed: {errors}")
     if evaluate_test:
         evaluate_test_once(best, dataset, device)
-    return GridResult(points, scores, errors, winner, best, metric, valids, interrupted)
+    return GridResult(points, scores, errors, winner, best, metric, valids, interrupted, seconds)

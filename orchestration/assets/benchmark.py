@@ -167,6 +167,10 @@ def benchmark_report(
             "runs_trained": result.report["runs_trained"],
             "runs_reused": result.report["runs_reused"],
             "wall_seconds": dg.MetadataValue.float(result.wall_seconds),
+            # every run's training time, reused runs and grid points included (None: not known)
+            "compute_seconds": dg.MetadataValue.float(result.report["compute_seconds"])
+            if result.report["compute_seconds"] is not None
+            else dg.MetadataValue.null(),
         }
     )
     return {

@@ -75,6 +75,9 @@ def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources):
     meta = result.asset_materializations_for_node("benchmark")[0].metadata
     assert "| **alignrec** |" in meta["report"].value
     assert meta["runs_trained"].value == 4 and meta["runs_reused"].value == 0
+    assert meta["compute_seconds"].value == pytest.approx(out["compute_seconds"]) and 0 < out[
+        "compute_seconds"
+    ] == pytest.approx(sum(m["compute_seconds"] for m in out["models"].values()))
     assert meta["report_path"].value.endswith("benchmark/synthetic/report.md")
 
     client = MlflowClient(tracking_uri=uri)

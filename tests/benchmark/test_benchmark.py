@@ -63,6 +63,16 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
             np.mean([r["train_seconds"] for r in records])
         )
         assert summary["epochs_run_per_seed"] == [2.0, 2.0]
+        grid = bench.out / "runs" / model / "s0" / "grid.json"
+        seed0 = (
+            [row["train_seconds"] for row in json.loads(grid.read_text())]
+            if grid.is_file()
+            else [records[0]["train_seconds"]]
+        )
+        assert len(seed0) == (2 if model in GRIDS else 1) and all(s > 0 for s in seed0)
+        assert summary["compute_seconds"] == pytest.approx(
+            sum(seed0) + records[1]["train_seconds"]
+        )
         if model != "alignrec":
             for test in ("wilcoxon", "ttest"):
                 assert 0.0 <= summary[f"p_{test}_vs_alignrec"] <= 1.0
@@ -80,7 +90,10 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
     assert (
         json.loads((bench.out / "runs/bpr/s1/config.json").read_text())["train"]["patience"] == 20
     )
+    total = sum(report["models"][m]["compute_seconds"] for m in ASKED)
+    assert report["compute_seconds"] == pytest.approx(total)
     md = bench.report_md.read_text()
+    assert f"grid points included: {total / 3600:.2f} h." in md
     assert "| **alignrec** |" in md and "gain over the best baseline" in md
     assert "`patience=20`" in md
     assert "scipy.stats.wilcoxon" in md and "## Grid winners" in md
@@ -153,6 +166,18 @@ def test_a_rerun_reuses_finished_runs_and_reruns_what_changed(bench, monkeypatch
         again.report["models"]["bpr"]["test_recall_at_20_mean"]
         == before["bpr"]["test_recall_at_20_mean"]
     )
+    # The compute of reused runs still counts; a grid run without its time on record does not.
+    assert again.report["compute_seconds"] == pytest.approx(
+        sum(m["compute_seconds"] for m in before.values())
+    )
+    grid = out / "runs" / "bpr" / "s0" / "grid.json"
+    grid.write_text(json.dumps([{**r, "train_seconds": None} for r in json.loads(grid.read_text())]))
+    unknown = run_benchmark(
+        clustered(0), ASKED, seeds=2, out=out, grids=GRIDS, progress=False, overrides=FAST
+    )
+    assert unknown.report["compute_seconds"] is None
+    assert unknown.report["models"]["bpr"]["compute_seconds"] is None
+    assert "Training compute is not on record for bpr " in unknown.report_md.read_text()
 
     # A run killed before it finished (no stamp) is the only one trained again.
     (out / "runs" / "lightgcn" / "s1" / runner_mod.STAMP).unlink()
