@@ -769,12 +769,17 @@ def _epoch_batches(
     return batches
 
 
+def _uniform(shape, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws from ``gen`` on the CPU, moved to ``device``: a seed gives the same
+    masks and dropout on every device."""
+    return torch.rand(shape, generator=gen).to(device)
+
+
 def _random_mask(valid: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
     """Bool mask selecting about ``ratio`` of the valid positions (at least one per row with any)."""
     if ratio <= 0:
         return torch.zeros_like(valid)
-    # Drawn on the generator's (CPU) device, so a seed gives the same masks on every device.
-    score = torch.rand(valid.shape, generator=gen).to(valid.device).masked_fill(~valid, 2.0)
+    score = _uniform(valid.shape, gen, valid.device).masked_fill(~valid, 2.0)
     k = (valid.sum(-1, keepdim=True).float() * ratio).ceil().clamp_min(1).long()
     k = torch.where(valid.any(-1, keepdim=True), k, torch.zeros_like(k))
     rank = score.argsort(-1).argsort(-1)
@@ -797,11 +802,10 @@ def _step_losses(
     fused = batch
     if config.modality_dropout > 0 and len(mods) > 1:
         has = torch.stack([batch.has(m) for m in mods], 1)  # [B, M]
-        drop = (torch.rand(has.shape, generator=gen).to(has.device) < config.modality_dropout) & has
+        drop = (_uniform(has.shape, gen, has.device) < config.modality_dropout) & has
         all_gone = (has & ~drop).sum(1) == 0
         if all_gone.any():  # restore one random present modality for those items
-            keep = torch.rand(has.shape, generator=gen).to(has.device)
-            keep = keep.masked_fill(~has, -1.0).argmax(1)
+            keep = _uniform(has.shape, gen, has.device).masked_fill(~has, -1.0).argmax(1)
             drop[all_gone, keep[all_gone]] = False
         fused = batch.without({m: drop[:, j] for j, m in enumerate(mods)})
 
@@ -817,8 +821,7 @@ def _step_losses(
         image_masked = _random_mask(valid, config.image_mask_ratio, gen)
     vector_masked = (
         {
-            name: (torch.rand(b, generator=gen).to(present.device) < config.vector_mask_ratio)
-            & present
+            name: (_uniform(b, gen, present.device) < config.vector_mask_ratio) & present
             for name, present in fused.vector_mask.items()
         }
         if config.vector_mask_ratio > 0
@@ -919,7 +922,7 @@ def encode_items(
     drop_keys = {resolve_modality(layout, m): np.asarray(f, bool) for m, f in (drop or {}).items()}
     was_training = model.training
     model.eval()
-    device = torch.device(device) if device is not None else model.output_mean.device
+    device = torch_device(device) if device is not None else model.output_mean.device
     model.to(device)
     out = np.zeros((outputs.n_items, model.output_dim), np.float32)
     try:

@@ -58,35 +58,45 @@ def test_an_unsound_alignrec_model_is_not_registered(tmp_path, monkeypatch):
     assert MlflowClient(uri, registry_uri=uri).search_registered_models() == []
 
 
-def test_stage1_pretrains_at_the_compute_resources_thread_count(tmp_path, monkeypatch):
+def test_stage1_runs_at_the_compute_resources_threads_and_device(tmp_path, monkeypatch):
     """Float results depend on torch's thread count: stage 1 follows ALIGNREC_THREADS like
-    the training assets (it used to keep the process default)."""
+    the training assets (it used to keep the process default), and ALIGNREC_DEVICE. The
+    ``meta`` device is only handed on here, never computed on."""
     import torch
 
     import alignrec.features.cache
     import alignrec.features.fusion
     from alignrec.data import load_dataset
-    from orchestration.assets.features import Stage1Config, stage1_features
+    from orchestration.assets.features import Stage1Config, encoder_outputs, stage1_features
     from orchestration.resources import ComputeResource, MLflowResource
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     seen = []
 
-    def pretrain(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        raise RuntimeError("stop here")
+    def record(step):
+        def call(*args, **kwargs):
+            seen.append((step, torch.get_num_threads(), kwargs.get("device")))
+            raise RuntimeError("stop here")
 
-    monkeypatch.setattr(alignrec.features.cache, "extract", lambda *a, **k: None)
-    monkeypatch.setattr(alignrec.features.fusion, "pretrain_fusion", pretrain)
+        return call
+
     data = load_dataset("synthetic")
+    ref = {"name": data.name, "folder": data.meta["folder"]}
+    compute = ComputeResource(device="meta", threads=1)
+    context = dg.build_asset_context(partition_key="synthetic")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        monkeypatch.setattr(alignrec.features.cache, "extract", record("extract"))
         with pytest.raises(RuntimeError, match="stop here"):
-            stage1_features(context=dg.build_asset_context(partition_key="synthetic"),
-                            config=Stage1Config(), dataset={"name": data.name, "folder": data.meta["folder"]},
+            encoder_outputs(context=context, dataset=ref, compute=compute)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(alignrec.features.cache, "extract", lambda *a, **k: None)
+        monkeypatch.setattr(alignrec.features.fusion, "pretrain_fusion", record("pretrain"))
+        with pytest.raises(RuntimeError, match="stop here"):
+            stage1_features(context=context, config=Stage1Config(), dataset=ref,
                             encoder_outputs={"cache_dir": "unused"}, mlflow=MLflowResource(),
-                            compute=ComputeResource(device="cpu", threads=1))  # fmt: skip
+                            compute=compute)  # fmt: skip
     finally:
         torch.set_num_threads(before)
-    assert seen == [1]
+    assert seen == [("extract", 1, "meta"), ("pretrain", 1, "meta")]
