@@ -214,7 +214,12 @@ def results_table(report: dict[str, Any]) -> str:
 def _grid_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
     lines = ["| model | searched | winner | valid R@20 (seed 0) |", "|---|---|---|---|"]
     for name, runs in result.models.items():
-        searched = "; ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in runs.grid.items())
+        pinned = bool(runs.grid) and all(len(v) == 1 for v in runs.grid.values())
+        searched = (
+            "none (pinned)"
+            if pinned
+            else "; ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in runs.grid.items())
+        )
         winner = ", ".join(f"{k}={v}" for k, v in runs.winner.items())
         valid = report["models"][name][f"{key('recall@20', 'valid')}_per_seed"][0]
         lines.append(

@@ -136,6 +136,7 @@ def run_benchmark(
     overrides: dict[str, Any] | None = None,
     skip: dict[str, str] | None = None,
     write: bool = True,
+    cached_only: bool = False,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
 
@@ -164,6 +165,9 @@ def run_benchmark(
             several workers can each train some models into the same ``out`` (the Dagster
             asset runs one step per model) and a last call with every model, reusing all
             runs, writes the report.
+        cached_only: train nothing: report the runs already finished in ``out``. A model
+            with a run still to train is listed as skipped, saying how many of its runs are
+            done, so a benchmark too large for one sitting can be reported as it stands.
 
     The report is written only once every run has finished (see
     :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
@@ -210,8 +214,21 @@ def run_benchmark(
             runs = ModelRuns(m, grid=plan[m])
             try:
                 _run_model(
-                    runs, data, signature, int(seeds), base, out, device, logger_factory, on_run
+                    runs,
+                    data,
+                    signature,
+                    int(seeds),
+                    base,
+                    out,
+                    device,
+                    logger_factory,
+                    on_run,
+                    cached_only,
                 )
+            except NotCached as exc:
+                skipped[m] = str(exc)
+                bar.update(int(seeds) - len(runs.records))
+                continue
             except TrainingError as exc:
                 log.warning("%s failed: %s", m, exc)
                 skipped[m] = f"training failed: {exc}"
@@ -447,6 +464,10 @@ def cached_record(folder: Path, key: str) -> dict[str, Any] | None:
     return json.loads((folder / "metrics.json").read_text())
 
 
+class NotCached(Exception):
+    """A run that ``cached_only`` does not train; the message is the report's reason."""
+
+
 def _run_model(
     runs: ModelRuns,
     data: Dataset,
@@ -457,6 +478,7 @@ def _run_model(
     device: str,
     logger_factory: LoggerFactory | None,
     on_run: Callable[[tuple[str, dict[str, Any], bool]], Any],
+    cached_only: bool = False,
 ) -> None:
     """Seed 0 (the grid, if any), then the winner on seeds 1..n-1; each run cached."""
     model = runs.model
@@ -468,6 +490,11 @@ def _run_model(
         folder = out / "runs" / model / f"s{seed}"
         record = cached_record(folder, key)
         reused = record is not None
+        if record is None and cached_only:
+            raise NotCached(
+                f"not trained yet: {seed} of {seeds} runs finished in {out / 'runs' / model} "
+                f"(seed {seed} is missing; rerun without --cached-only to train it)"
+            )
         if record is None:
             (folder / STAMP).unlink(missing_ok=True)
             make = _bind(logger_factory, model, seed)

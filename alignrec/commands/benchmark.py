@@ -59,6 +59,14 @@ def benchmark_command(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+    cached_only: Annotated[
+        bool,
+        typer.Option(
+            "--cached-only",
+            help="train nothing: report the runs already finished in --out, listing the "
+            "models with runs still to train as skipped",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark the models on DATASET: grids selected on validation, test over seeds, a report."""
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -88,6 +96,7 @@ def benchmark_command(
                 grids=grids,
                 progress=progress,
                 overrides=parse_assignments(sets),
+                cached_only=cached_only,
             )
     except BaseException:
         if tracking is not None:

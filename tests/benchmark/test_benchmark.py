@@ -205,6 +205,42 @@ def test_a_rerun_reuses_finished_runs_and_reruns_what_changed(bench, monkeypatch
     assert json.loads((out / "report.json").read_text())["runs_trained"] == 1  # report kept
 
 
+def test_cached_only_reports_finished_runs_and_trains_nothing(bench, monkeypatch, tmp_path):
+    out = tmp_path / "bench"
+    shutil.copytree(bench.out, out)
+    (out / "runs" / "lightgcn" / "s1" / runner_mod.STAMP).unlink()  # killed mid-run
+    shutil.rmtree(out / "runs" / "bpr")  # never started
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(runner_mod, "train", no_training)
+    monkeypatch.setattr(runner_mod, "grid_search", no_training)
+    monkeypatch.setattr(alignrec.data, "load_dataset", lambda name: clustered(0))
+    monkeypatch.setattr("alignrec.benchmark.grids.GRIDS", GRIDS)
+    args = ["benchmark", "--dataset", "tiny", "--models", ",".join(ASKED), "--seeds", "2"]
+    args += ["--out", str(out), "--set", "epochs=2", "--set", "batch_size=64", "--no-progress"]
+    res = CliRunner().invoke(cli.app, [*args, "--cached-only"])
+    assert res.exit_code == 0, res.output
+
+    report = json.loads((out / "report.json").read_text())
+    done = [m for m in ASKED if m not in ("bpr", "lightgcn")]
+    assert sorted(report["models"]) == sorted(done)
+    assert report["runs_trained"] == 0 and report["runs_reused"] == 2 * len(done)
+    assert "1 of 2 runs finished" in report["skipped"]["lightgcn"]
+    assert "0 of 2 runs finished" in report["skipped"]["bpr"]
+    before = json.loads(bench.report_json.read_text())["models"]
+    for m in done:
+        assert report["models"][m]["test_recall_at_20_per_seed"] == (
+            before[m]["test_recall_at_20_per_seed"]
+        )
+    assert "**lightgcn**: not trained yet" in (out / "report.md").read_text()
+    assert "skipped lightgcn: not trained yet" in res.output
+    # Without the flag the same call trains the missing runs.
+    res = CliRunner().invoke(cli.app, args)
+    assert isinstance(res.exception, RuntimeError) and "trained" in str(res.exception)
+
+
 class FakeMultimodal(BPR):
     """Stands in for a multimodal baseline: only its flag matters here."""
 
@@ -362,6 +398,7 @@ def test_cli_grid_option_pins_a_model_and_names_a_wrong_key(monkeypatch, tmp_pat
     assert report["models"]["bpr"]["grid_points"] == 1
     stamp = json.loads((tmp_path / "runs" / "bpr" / "s0" / runner_mod.STAMP).read_text())
     assert [c["model"]["reg_weight"] for c in stamp["configs"]] == [0.001]
+    assert "| bpr | none (pinned) | reg_weight=0.001 |" in (tmp_path / "report.md").read_text()
 
     res = CliRunner().invoke(cli.app, [*args, "--grid", "bpr.reg_weigth=0.1,0.01"])
     assert isinstance(res.exception, ConfigError) and "reg_weigth" in str(res.exception)
