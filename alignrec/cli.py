@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from alignrec.env import launched_world_size, set_offline
+from alignrec.env import configure_process, launched_world_size
 from alignrec.errors import AlignRecError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -102,7 +102,7 @@ app.command("recommend")(_registry_cmds.recommend_command)
 
 
 def main() -> None:
-    set_offline()
+    configure_process()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()

@@ -1,9 +1,12 @@
-"""Process-wide settings every entry point applies first (offline, no telemetry), and what
-the launcher put in the environment."""
+"""Process-wide settings every entry point applies first (offline, no telemetry, the memory
+allocator), and what the launcher put in the environment."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -20,6 +23,43 @@ def set_offline() -> None:
     """Set the offline and no-telemetry variables unless the user set them."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+# glibc's mallopt parameters, and the size below which allocations stay in its heap.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_LIMIT = 1 << 30  # 1 GiB
+MALLOC_TUNING_ENV = "ALIGNREC_MALLOC_TUNING"  # "0" keeps glibc's defaults
+
+
+def tune_allocator() -> bool:
+    """Let glibc reuse large freed blocks instead of mapping fresh pages each time.
+
+    glibc gives every allocation above its mmap threshold (at most 32 MiB by default) pages
+    of its own and unmaps them on free, so the kernel faults in and zeroes them again at the
+    next one. Training and ranking allocate tensors of that size on every batch (a 1,024
+    user x 18,357 item score block is 75 MB; MMGCN's node table 56 MB), which costs a
+    fifth or more of their CPU time in the kernel. Raising the mmap and trim thresholds to
+    :data:`HEAP_LIMIT` keeps such blocks in the heap for reuse; results are unchanged, the
+    price is a resident size that stays near its peak. Returns whether it applied: not on
+    other C libraries or systems, nor with ``ALIGNREC_MALLOC_TUNING=0``.
+    """
+    if os.environ.get(MALLOC_TUNING_ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_LIMIT)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, HEAP_LIMIT)
+    )
+
+
+def configure_process() -> None:
+    """What every entry point (the CLI, Dagster's definitions, a DVC stage) does first."""
+    set_offline()
+    tune_allocator()
 
 
 def launched_world_size() -> int:

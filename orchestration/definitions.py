@@ -6,14 +6,14 @@ import os
 
 import dagster as dg
 
-from alignrec.env import set_offline
+from alignrec.env import configure_process
 from alignrec.errors import ConfigError
 from orchestration import automation
 from orchestration.assets import benchmark, data, features, training
 from orchestration.partitions import dataset_partitions
 from orchestration.resources import ComputeResource, MLflowResource
 
-set_offline()
+configure_process()
 
 
 def _env_int(name: str, default: int, minimum: int) -> int:

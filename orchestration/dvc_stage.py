@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignrec.env import set_offline
+from alignrec.env import configure_process
 from alignrec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -377,7 +377,7 @@ def failure_report(result: dg.ExecuteInProcessResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; exit 0 on success, 1 if the Dagster run failed, 2 on bad params."""
-    set_offline()
+    configure_process()
     parser = argparse.ArgumentParser(
         prog="python -m orchestration.dvc_stage",
         description="Materialize one DVC stage's Dagster assets for params.yaml's dataset.",

@@ -37,7 +37,9 @@ def bench_speed(
     """
     import torch
 
+    from alignrec.benchmark.runner import prepare_inputs
     from alignrec.data import load_dataset
+    from alignrec.errors import ConfigError
     from alignrec.evaluation import Evaluator
     from alignrec.models import get_model_class
     from alignrec.training import NegativeSampler, parse_assignments, resolve_configs, set_seed
@@ -47,10 +49,10 @@ def bench_speed(
     train_cfg, model_cfg = resolve_configs(model, parse_assignments(sets))
     t0 = time.perf_counter()
     data = load_dataset(dataset)
-    if features is not None:
-        from alignrec.commands.train import with_content_features
-
-        data = with_content_features(data, features)
+    # what the benchmark gives the model: modality tables, AlignRec's features
+    data, skipped, _ = prepare_inputs(data, [model.lower()], features, progress=False)
+    if skipped:
+        raise ConfigError(f"{model}: {skipped[model.lower()]}")
     load_s = time.perf_counter() - t0
     set_seed(seed)
     t0 = time.perf_counter()
@@ -62,9 +64,9 @@ def bench_speed(
 
     opt = make_optimizer(net, train_cfg)
 
-    epoch_s, eval_s = [], []
+    epoch_s, eval_s, epoch_cpu, eval_cpu = [], [], [], []
     for epoch in range(epochs + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         net.train()
         net.on_epoch_start(epoch)
         for users, pos, neg in sampler.epoch(train_cfg.batch_size):
@@ -73,11 +75,13 @@ def bench_speed(
             loss.backward()
             opt.step()
         epoch_s.append(time.perf_counter() - t)
+        epoch_cpu.append(time.process_time() - c)
     result = None
     for _ in range(evals + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = evaluate_model(net, evaluator)
         eval_s.append(time.perf_counter() - t)
+        eval_cpu.append(time.process_time() - c)
     return {
         "model": model,
         "dataset": dataset,
@@ -90,6 +94,10 @@ def bench_speed(
         "epoch_seconds_all": epoch_s,
         "eval_seconds": statistics.median(eval_s[1:]) if evals else float("nan"),
         "eval_seconds_all": eval_s,
+        # CPU time of this process (user + system, all threads): steadier than wall time
+        # on a machine other jobs share
+        "epoch_cpu_seconds": statistics.median(epoch_cpu[1:]) if epochs else float("nan"),
+        "eval_cpu_seconds": statistics.median(eval_cpu[1:]) if evals else float("nan"),
         "peak_rss_mib": peak_rss_mib(),
         "valid_recall@20": result.metrics["recall@20"] if result else float("nan"),
     }
@@ -122,6 +130,10 @@ def bench_speed_command(
         f"  full validation {r['eval_seconds']:.3f} s  (median; all: "
         + ", ".join(f"{x:.2f}" for x in r["eval_seconds_all"])
         + ")"
+    )
+    typer.echo(
+        f"  CPU time        {r['epoch_cpu_seconds']:.3f} s per epoch, "
+        f"{r['eval_cpu_seconds']:.3f} s per validation (medians, user + system)"
     )
     typer.echo(f"  peak RSS        {r['peak_rss_mib']:.0f} MiB")
     typer.echo(f"  load {r['load_seconds']:.2f} s, build {r['build_seconds']:.2f} s")

@@ -147,7 +147,10 @@ def test_bench_speed_prints_figures(tiny):
     )
     assert res.exit_code == 0, res.output
     assert (
-        "train epoch" in res.output and "full validation" in res.output and "peak RSS" in res.output
+        "train epoch" in res.output
+        and "full validation" in res.output
+        and "CPU time" in res.output
+        and "peak RSS" in res.output
     )
 
 
