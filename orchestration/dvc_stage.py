@@ -170,6 +170,12 @@ def _benchmark_ops(params: dict[str, Any]) -> dict[str, dict]:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"benchmark.seeds must be an integer >= 1, got {seeds!r}")
         config["seeds"] = seeds
+    if "cached_only" in section:
+        if not isinstance(section["cached_only"], bool):
+            raise ConfigError(
+                f"benchmark.cached_only must be true or false, got {section['cached_only']!r}"
+            )
+        config["cached_only"] = section["cached_only"]
     sets = {k: _text(v) for k, v in _mapping(section.get("sets"), "benchmark.sets").items()}
     for model in config.get("models") or MODELS:
         try:

@@ -34,6 +34,9 @@ class BenchmarkConfig(dg.Config):
     sets: dict[str, str] = {}  # as ``alignrec benchmark --set key=value``
     # model -> key -> values, replacing those keys in the model's grid (``--grid MODEL.KEY=V1,V2``)
     grids: dict[str, dict[str, list[str]]] = {}
+    # train nothing: report the runs already finished, listing the rest as skipped
+    # (``alignrec benchmark --cached-only``)
+    cached_only: bool = False
 
 
 def _read(dataset: dict):
@@ -66,6 +69,7 @@ def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: Comput
         overrides=plan["sets"],
         skip=plan["skip"],
         write=False,
+        cached_only=plan["cached_only"],
     )
 
 
@@ -99,6 +103,7 @@ def benchmark_plan(
         "grids": grids,
         "features": features,
         "skip": skip,
+        "cached_only": config.cached_only,
         "summary_run_id": tracking.run_id,
         "started": time.time(),
     }
@@ -209,6 +214,7 @@ def _config(config: BenchmarkConfig) -> dict:
                 "seeds": config.seeds,
                 "sets": config.sets,
                 "grids": config.grids,
+                "cached_only": config.cached_only,
             }
         }
     }

@@ -90,6 +90,17 @@ def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources):
     assert {"report.md", "report.json", "plots"} <= files
     assert "alignrec/test_recall_at_20_mean" in summary.data.metrics
 
+    # cached_only: the report of what is finished; a model never trained is listed, not trained
+    again = _materialize(
+        tmp_path, res, config={**TINY, "models": ["bpr", "alignrec", "lightgcn"], "cached_only": True}
+    ).output_for_node("benchmark")
+    assert again["runs_trained"] == 0 and again["runs_reused"] == 4
+    for m in ("bpr", "alignrec"):
+        assert again["models"][m]["test_recall_at_20_per_seed"] == (
+            out["models"][m]["test_recall_at_20_per_seed"]
+        )
+    assert "0 of 2 runs finished" in again["skipped"]["lightgcn"]
+
 
 def test_benchmark_asset_skips_alignrec_when_stage1_was_skipped(tmp_path, resources):
     res, _ = resources

@@ -49,6 +49,9 @@ def test_benchmark_grids_in_params_reach_the_asset_config(tmp_path):
         "lightgcn": {"n_layers": ["3"], "reg_weight": ["0.001"]}
     }
     dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), {"ops": ops})
+    ops = op_configs("benchmark", load_params(_write(tmp_path, _set("benchmark.cached_only", True))))
+    assert ops["benchmark"]["config"]["cached_only"] is True
+    dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), {"ops": ops})
 
 
 def _write(tmp_path: Path, edit) -> Path:
@@ -89,6 +92,7 @@ def _set(dotted: str, value):
         ("benchmark", _set("benchmark.grids.lightgcn.n_layer", [2]), "n_layer"),
         ("benchmark", _set("benchmark.grids.lightgcn.n_layers", []), "lightgcn.n_layers"),
         ("benchmark", _set("benchmark.grids.gru", {"n_layers": [1]}), "gru"),
+        ("benchmark", _set("benchmark.cached_only", "yes"), "benchmark.cached_only"),
     ],
 )
 def test_a_wrong_param_is_a_config_error_naming_it(tmp_path, stage, edit, named):
