@@ -211,13 +211,17 @@ def results_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pinned(grid: dict[str, list[Any]]) -> bool:
+    """Whether a grid is one point given by the user (``--grid KEY=V`` for each key)."""
+    return bool(grid) and all(len(v) == 1 for v in grid.values())
+
+
 def _grid_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
     lines = ["| model | searched | winner | valid R@20 (seed 0) |", "|---|---|---|---|"]
     for name, runs in result.models.items():
-        pinned = bool(runs.grid) and all(len(v) == 1 for v in runs.grid.values())
         searched = (
             "none (pinned)"
-            if pinned
+            if _pinned(runs.grid)
             else "; ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in runs.grid.items())
         )
         winner = ", ".join(f"{k}={v}" for k, v in runs.winner.items())
@@ -290,6 +294,12 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
     if result.features:
         parts += ["", f"AlignRec's item features: `{result.features}`."]
     parts += ["", "## Grid winners (seed 0)", "", _grid_table(result, report)]
+    pinned = [m for m, runs in result.models.items() if _pinned(runs.grid)]
+    if pinned:
+        parts += [
+            "",
+            f"Not searched, trained at the values given (`--grid`): {', '.join(pinned)}.",
+        ]
     if result.dataset in PUBLISHED and (set(result.models) | set(result.skipped)) & set(
         PUBLISHED[result.dataset]
     ):

@@ -398,7 +398,9 @@ def test_cli_grid_option_pins_a_model_and_names_a_wrong_key(monkeypatch, tmp_pat
     assert report["models"]["bpr"]["grid_points"] == 1
     stamp = json.loads((tmp_path / "runs" / "bpr" / "s0" / runner_mod.STAMP).read_text())
     assert [c["model"]["reg_weight"] for c in stamp["configs"]] == [0.001]
-    assert "| bpr | none (pinned) | reg_weight=0.001 |" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "| bpr | none (pinned) | reg_weight=0.001 |" in md
+    assert "Not searched, trained at the values given (`--grid`): bpr." in md
 
     res = CliRunner().invoke(cli.app, [*args, "--grid", "bpr.reg_weigth=0.1,0.01"])
     assert isinstance(res.exception, ConfigError) and "reg_weigth" in str(res.exception)
