@@ -124,6 +124,11 @@ def make_optimizer(model: RecModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+# Without a progress bar (``quiet``: the benchmark, a log file), a line at most this often
+# says how far a run has got.
+PROGRESS_LOG_SECONDS = 300.0
+
+
 def _progress(total: int, quiet: bool, desc: str):
     from tqdm.auto import tqdm
 
@@ -190,8 +195,9 @@ def train(
     key = train_cfg.valid_metric
     best_score, best_epoch, best_valid, best_state = -math.inf, -1, None, None
     since_best, history, stop_reason = 0, [], "epochs"
-    t_start = time.perf_counter()
-    bar = _progress(train_cfg.epochs, train_cfg.quiet, f"{model_name}/{dataset.name}")
+    t_start = t_said = time.perf_counter()
+    desc = f"{model_name}/{dataset.name} seed {seed}"
+    bar = _progress(train_cfg.epochs, train_cfg.quiet, desc)
     with _StopRequests() as stop, contextlib.closing(bar):
         for epoch in range(train_cfg.epochs):
             t0 = time.perf_counter()
@@ -240,6 +246,20 @@ def train(
                 since_best += 1
             bar.update(1)
             bar.set_postfix(loss=f"{epoch_loss:.4f}", **{key: f"{score:.4f}", "best": best_epoch})
+            now = time.perf_counter()
+            if bar.disable and now - t_said >= PROGRESS_LOG_SECONDS:
+                t_said = now
+                log.info(
+                    "%s: epoch %d, loss %.4f, %s %.4f (best %.4f at epoch %d), %.0f s",
+                    desc,
+                    epoch,
+                    epoch_loss,
+                    key,
+                    score,
+                    best_score,
+                    best_epoch,
+                    now - t_start,
+                )
             if since_best >= train_cfg.patience:
                 stop_reason = "patience"
             elif train_cfg.max_seconds and time.perf_counter() - t_start > train_cfg.max_seconds:

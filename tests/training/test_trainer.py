@@ -153,6 +153,23 @@ def test_time_budget_stops_after_the_epoch_that_exceeds_it():
         TrainConfig(max_seconds=-1)
 
 
+def test_without_a_progress_bar_a_run_logs_how_far_it_has_got(monkeypatch, caplog):
+    monkeypatch.setattr(trainer_mod, "PROGRESS_LOG_SECONDS", 0.0)  # a line every epoch
+    with caplog.at_level("INFO", logger="alignrec.training.trainer"):
+        res = train("bpr", clustered(0), {**FAST, "epochs": 3}, seed=2)
+    lines = [r.getMessage() for r in caplog.records if " s" in r.getMessage()]
+    assert len(lines) == 3
+    best = res.history[res.best_epoch]["valid/recall@20"]
+    assert lines[-1].startswith("bpr/" + res.dataset_name + " seed 2: epoch 2, loss ")
+    assert f"(best {best:.4f} at epoch {res.best_epoch})" in lines[-1]
+
+    caplog.clear()
+    monkeypatch.setattr(trainer_mod, "PROGRESS_LOG_SECONDS", 3600.0)
+    with caplog.at_level("INFO", logger="alignrec.training.trainer"):
+        train("bpr", clustered(0), {**FAST, "epochs": 3})
+    assert not [r for r in caplog.records if "epoch" in r.getMessage()]
+
+
 def test_sigterm_finishes_the_epoch_then_scores_the_best_one():
     import os
     import signal
