@@ -492,8 +492,8 @@ def _run_model(
         reused = record is not None
         if record is None and cached_only:
             raise NotCached(
-                f"not trained yet: {seed} of {seeds} runs finished in {out / 'runs' / model} "
-                f"(seed {seed} is missing; rerun without --cached-only to train it)"
+                f"not trained yet: {seed} of {seeds} runs finished (runs/{model}/s{seed} is "
+                "missing; rerun without --cached-only to train it)"
             )
         if record is None:
             (folder / STAMP).unlink(missing_ok=True)
