@@ -170,7 +170,10 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
 
 
 def _cell(summary: dict[str, Any], metric: str) -> str:
+    """``mean ± std`` over seeds; a model with one seed has no spread to show, only its value."""
     k = key(metric)
+    if summary.get("seeds", 2) < 2:
+        return f"{summary[f'{k}_mean']:.4f}"
     return f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}"
 
 
@@ -279,7 +282,7 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
         "",
         results_table(report),
         "",
-        "Cells are mean ± sample std (ddof=1) over seeds; `train s/run`, `epochs` (epochs run) and "
+        "Cells are mean ± sample std (ddof=1) over seeds (one seed: its value alone); `train s/run`, `epochs` (epochs run) and "
         "`best epoch` (0-based) are means over the seeds."
         + (
             " p-values compare AlignRec with each "

@@ -95,6 +95,8 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
     md = bench.report_md.read_text()
     assert f"grid points included: {total / 3600:.2f} h." in md
     assert "| **alignrec** |" in md and "gain over the best baseline" in md
+    r10 = report["models"]["alignrec"]["test_recall_at_10_mean"]
+    assert f"| **alignrec** | {r10:.4f} ± " in md  # two seeds: mean ± std
     assert "`patience=20`" in md
     assert "scipy.stats.wilcoxon" in md and "## Grid winners" in md
     for name in [*(f"{key(m)}.png" for m in METRICS), "valid_curves.png"]:
@@ -283,6 +285,11 @@ def test_published_numbers_sit_beside_ours_on_amazon_baby(tmp_path):
     )
     md = result.report_md.read_text()
     assert "## Published MMRec numbers" in md and "| bpr | published (MMRec) | 0.0357" in md
+    # One seed: each cell is the value alone, not a spread of ± 0.0000.
+    r20 = result.report["models"]["bpr"]["test_recall_at_20_mean"]
+    ours = next(line for line in md.splitlines() if line.startswith("| bpr | ours |"))
+    assert f"| {r20:.4f} |" in ours and "±" not in ours
+    assert "±" not in next(line for line in md.splitlines() if line.startswith("| bpr | 0."))
     assert result.report["published"]["bpr"]["test_recall_at_20"] == 0.0575
     # No AlignRec row: no p-value columns, no gain row.
     assert "p-values" not in md and "p Wilcoxon" not in md and "gain" not in result.report
