@@ -172,7 +172,7 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
 def _cell(summary: dict[str, Any], metric: str) -> str:
     """``mean ± std`` over seeds; a model with one seed has no spread to show, only its value."""
     k = key(metric)
-    if summary.get("seeds", 2) < 2:
+    if summary["seeds"] < 2:
         return f"{summary[f'{k}_mean']:.4f}"
     return f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}"
 
@@ -282,8 +282,8 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
         "",
         results_table(report),
         "",
-        "Cells are mean ± sample std (ddof=1) over seeds (one seed: its value alone); `train s/run`, `epochs` (epochs run) and "
-        "`best epoch` (0-based) are means over the seeds."
+        "Cells are mean ± sample std (ddof=1) over seeds (one seed: its value alone); "
+        "`train s/run`, `epochs` (epochs run) and `best epoch` (0-based) are means over the seeds."
         + (
             " p-values compare AlignRec with each "
             f"baseline over the {_paired_users(report)} test users on recall@20, each user's value "
