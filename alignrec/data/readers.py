@@ -11,6 +11,7 @@ Row numbers are 1-based data rows, the header not counted.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -92,22 +93,36 @@ def _sort_key(spec: DatasetSpec):
 
 
 def read_text(path: Path, encoding: str) -> str:
-    """The whole file decoded; a bad byte raises an error naming its line."""
+    """The whole file decoded; a bad byte raises an error naming its line.
+
+    A UTF-8 file may start with a byte-order mark (spreadsheet exports write one): with
+    ``encoding: utf-8`` it is dropped rather than read as part of the first field.
+    """
     if not path.is_file():
         raise DataError("file not found", file=path)
     data = path.read_bytes()
     try:
-        return data.decode(encoding)
+        return data.decode(_without_bom(encoding))
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        start = exc.start + len(data) - len(exc.object)  # utf-8-sig reports past the mark
+        line = data[:start].count(b"\n") + 1
         raise DataError(
-            f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not valid {encoding} "
+            f"byte 0x{data[start]:02x} at offset {start} is not valid {encoding} "
             f"(set 'encoding:' in the dataset YAML if the file uses another one)",
             file=path,
             row=line - 1 if line > 1 else None,
         ) from None
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}", file=path) from None
+
+
+def _without_bom(encoding: str) -> str:
+    """The codec that reads ``encoding``, a leading UTF-8 byte-order mark dropped."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return encoding  # read_text reports the unknown encoding
+    return "utf-8-sig" if name == "utf-8" else encoding
 
 
 def read_table(

@@ -93,6 +93,13 @@ def main() -> None:
     case("wrong_rows_feature", lambda d: np.save(d / "tags.npy", np.load(d / "tags.npy")[:4]))
     case("missing_file", lambda d: (d / "items.csv").unlink())
     case("misspelled_key", lambda d: replace(d, "dataset.yaml", b"interactions:", b"interations:"))
+    case("utf8_bom", add_bom)
+
+
+def add_bom(d: Path) -> None:
+    """A spreadsheet export: UTF-8 files that start with a byte-order mark."""
+    for name in ("interactions.csv", "items.csv"):
+        (d / name).write_bytes(b"\xef\xbb\xbf" + (d / name).read_bytes())
 
 
 if __name__ == "__main__":

@@ -88,6 +88,33 @@ def test_wrong_config_value(corpus):
     assert "split.core" in str(info.value) and "bad.yaml" in str(info.value)
 
 
+def test_utf8_byte_order_mark_is_accepted(corpus):
+    ds = prepare("utf8_bom")
+    base = prepare("base")
+    assert ds.summary() == base.summary()
+    assert ds.items["item_id"].tolist() == base.items["item_id"].tolist()
+    assert ds.items["text"].tolist() == base.items["text"].tolist()
+
+
+def test_byte_order_mark_before_a_headerless_id(tmp_path):
+    from alignrec.data.readers import read_table
+
+    path = tmp_path / "u.tsv"
+    path.write_bytes(b"\xef\xbb\xbf1\t2\n3\t4\n")
+    table = read_table(path, sep="\t", header=False, encoding="utf-8", required=[0, 1])
+    assert table[0].tolist() == ["1", "3"]
+
+
+def test_bad_byte_after_a_byte_order_mark_names_its_offset(tmp_path):
+    from alignrec.data.readers import read_text
+
+    path = tmp_path / "items.csv"
+    path.write_bytes(b"\xef\xbb\xbfitem\n1\xe4\n")
+    with pytest.raises(DataError) as info:
+        read_text(path, "utf-8")
+    assert "byte 0xe4 at offset 9" in str(info.value) and "row 1" in str(info.value)
+
+
 def test_duplicated_rows_are_dropped_and_counted(corpus):
     ds = prepare("duplicated_rows")
     assert ds.meta["fallbacks"]["duplicate_interactions_dropped"] == 2
