@@ -3,7 +3,9 @@
 Nothing here depends on the current directory: defaults are anchored at the
 project root (the folder holding ``pyproject.toml`` above this package), and the
 environment variables ``ALIGNREC_HOME`` (artifacts) and ``ALIGNREC_DATASETS``
-(extra folders of dataset YAMLs, ``os.pathsep``-separated) override them.
+(extra folders of dataset YAMLs, ``os.pathsep``-separated) override them, and
+``ALIGNREC_DATA_ROOTS`` (``os.pathsep``-separated) names extra folders a dataset
+YAML may read from.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ def dataset_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("ALIGNREC_DATASETS", "").split(os.pathsep) if p]
     dirs.append(PROJECT_ROOT / "datasets")
     return [d.resolve() for d in dirs]
+
+
+def data_roots() -> list[Path]:
+    """Folders any dataset YAML may read from, besides its own folder.
+
+    The project's ``data/`` (where ``dvc pull`` puts the shipped datasets), the artifacts
+    folder (generated datasets) and every folder in ``ALIGNREC_DATA_ROOTS``.
+    """
+    extra = [Path(p) for p in os.environ.get("ALIGNREC_DATA_ROOTS", "").split(os.pathsep) if p]
+    return [PROJECT_ROOT / "data", artifacts_root(), *(p.resolve() for p in extra)]
 
 
 def dataset_artifacts(name: str) -> Path:

@@ -33,6 +33,7 @@ def synthetic_spec(tmp_path, monkeypatch) -> str:
     root = generate(tmp_path / "raw", users=24, items=18, per_user=8, seed=3)
     write_spec(tmp_path / "specs", root, name="tiny")
     monkeypatch.setenv("ALIGNREC_DATASETS", str(tmp_path / "specs"))
+    monkeypatch.setenv("ALIGNREC_DATA_ROOTS", str(root))  # the files lie beside the specs folder
     return "tiny"
 
 

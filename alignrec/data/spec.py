@@ -5,7 +5,9 @@ four shipped datasets and any dataset a user brings are read through this one
 schema. Unknown keys are refused with a suggestion, so a misspelled key never
 silently falls back to a default. Relative paths resolve against the YAML's
 own folder, never the current directory; ``root`` may start with
-``${ALIGNREC_HOME}``, the artifacts folder (for generated data).
+``${ALIGNREC_HOME}``, the artifacts folder (for generated data). Every path,
+``..`` and symlinks resolved, must lie inside the YAML's folder or one of
+:func:`alignrec.paths.data_roots`, so a YAML cannot read arbitrary files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignrec.errors import ConfigError
-from alignrec.paths import artifacts_root
+from alignrec.paths import artifacts_root, data_roots
 
 SplitName = Literal["train", "valid", "test"]
 
@@ -176,9 +178,50 @@ def load_spec(path: str | Path) -> DatasetSpec:
         raw["root"] = (path.parent / root).resolve()
     raw["source"] = path
     try:
-        return DatasetSpec.model_validate(raw)
+        spec = DatasetSpec.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_explain(exc)}") from None
+    _check_inside_roots(spec, path)
+    return spec
+
+
+def path_fields(spec: DatasetSpec) -> dict[str, Path]:
+    """Every path a spec reads, keyed by its field (``root``, ``items.path`` ...), resolved.
+
+    An image pattern is checked on a placeholder id: ``images.pattern`` names where
+    ``{item}`` = ``0``'s image would be.
+    """
+    i = spec.interactions
+    fields: dict[str, Path] = {"root": spec.root}
+    if i.path is not None:
+        fields["interactions.path"] = spec.file(i.path)
+    for split, rel in (i.paths or {}).items():
+        fields[f"interactions.paths.{split}"] = spec.file(rel)
+    if spec.items is not None:
+        fields["items.path"] = spec.file(spec.items.path)
+    if spec.images is not None:
+        fields["images.dir"] = spec.file(spec.images.dir)
+        fields["images.pattern"] = (
+            fields["images.dir"] / spec.images.pattern.replace("{item}", "0")
+        ).resolve()
+    for mod, f in spec.features.items():
+        fields[f"features.{mod}.path"] = spec.file(f.path)
+        if f.ids is not None:
+            fields[f"features.{mod}.ids"] = spec.file(f.ids)
+    return fields
+
+
+def _check_inside_roots(spec: DatasetSpec, yaml_path: Path) -> None:
+    """Refuse a path that escapes the YAML's folder and the data roots (``..``, absolute,
+    a symlink out): naming the YAML, the field and how to allow the folder."""
+    roots = [yaml_path.parent.resolve(), *(r.resolve() for r in data_roots())]
+    for key, target in path_fields(spec).items():
+        if not any(target.is_relative_to(r) for r in roots):
+            allowed = ", ".join(str(r) for r in roots)
+            raise ConfigError(
+                f"{yaml_path}: key {key!r}: {target} lies outside the folders a dataset may read "
+                f"({allowed}); add its folder to ALIGNREC_DATA_ROOTS to allow it"
+            )
 
 
 def _explain(exc: ValidationError) -> str:

@@ -85,7 +85,8 @@ split:
 
 def write_spec(folder: str | Path, root: str | Path, name: str = "synthetic", **synthetic) -> Path:
     """Write a dataset YAML for generated files at ``root`` (generated on first prepare when
-    ``synthetic`` settings are given)."""
+    ``synthetic`` settings are given). A ``root`` outside ``folder``, the project's ``data/``
+    and the artifacts folder must be listed in ``ALIGNREC_DATA_ROOTS`` to be read."""
     text = SPEC_TEMPLATE.format(name=name, root=Path(root).resolve())
     if synthetic:
         text += "synthetic:\n" + "".join(f"  {k}: {v}\n" for k, v in synthetic.items())

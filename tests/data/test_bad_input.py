@@ -26,6 +26,7 @@ def corpus(tmp_path, monkeypatch):
             text = (case / "dataset.yaml").read_text().replace("root: .", f"root: {case}")
             (specs / f"{case.name}.yaml").write_text(text)
     monkeypatch.setenv("ALIGNREC_DATASETS", str(specs))
+    monkeypatch.setenv("ALIGNREC_DATA_ROOTS", str(root))
     return root
 
 
@@ -113,6 +114,75 @@ def test_bad_byte_after_a_byte_order_mark_names_its_offset(tmp_path):
     with pytest.raises(DataError) as info:
         read_text(path, "utf-8")
     assert "byte 0xe4 at offset 9" in str(info.value) and "row 1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (("root: .", "root: /etc"), "root"),
+        (("root: .", "root: ../../.."), "root"),
+        (("path: interactions.csv", "path: ../../../../../etc/passwd"), "interactions.path"),
+        (("path: interactions.csv", "path: /etc/passwd"), "interactions.path"),
+        (("path: items.csv", "path: ../outside/items.csv"), "items.path"),
+        (("dir: images", "dir: /etc"), "images.dir"),
+        (("tags.npy, ids", "../../tags.npy, ids"), "features.tags.path"),
+    ],
+)
+def test_paths_that_escape_the_data_folders_are_refused(tmp_path, monkeypatch, edit, key):
+    from alignrec.data.spec import load_spec
+
+    monkeypatch.delenv("ALIGNREC_DATA_ROOTS", raising=False)
+    case = tmp_path / "shop"
+    shutil.copytree(CORPUS / "base", case)
+    yaml_file = case / "dataset.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace(*edit))
+    with pytest.raises(ConfigError) as info:
+        load_spec(yaml_file)
+    message = str(info.value)
+    assert str(yaml_file) in message and f"key {key!r}" in message, message
+    assert "outside the folders a dataset may read" in message and "ALIGNREC_DATA_ROOTS" in message
+
+
+def test_a_symlink_out_of_the_yaml_folder_is_refused(tmp_path, monkeypatch):
+    from alignrec.data.spec import load_spec
+
+    monkeypatch.delenv("ALIGNREC_DATA_ROOTS", raising=False)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "files").symlink_to(CORPUS / "base")
+    (specs / "shop.yaml").write_text(
+        (CORPUS / "base" / "dataset.yaml").read_text().replace("root: .", "root: files")
+    )
+    with pytest.raises(ConfigError, match="key 'root'"):
+        load_spec(specs / "shop.yaml")
+
+
+def test_data_roots_allow_a_folder_outside_the_yaml_folder(tmp_path, monkeypatch):
+    from alignrec.data.spec import load_spec
+
+    files = tmp_path / "files"
+    shutil.copytree(CORPUS / "base", files)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "shop.yaml").write_text(
+        (files / "dataset.yaml").read_text().replace("root: .", "root: ../files")
+    )
+    monkeypatch.delenv("ALIGNREC_DATA_ROOTS", raising=False)
+    with pytest.raises(ConfigError, match="key 'root'"):
+        load_spec(specs / "shop.yaml")
+    monkeypatch.setenv("ALIGNREC_DATA_ROOTS", str(files))
+    assert load_spec(specs / "shop.yaml").root == files.resolve()
+
+
+def test_shipped_specs_read_only_the_project_data_folder(monkeypatch):
+    from alignrec.data.registry import get_spec, list_datasets
+    from alignrec.paths import PROJECT_ROOT
+
+    monkeypatch.delenv("ALIGNREC_DATASETS", raising=False)
+    monkeypatch.delenv("ALIGNREC_DATA_ROOTS", raising=False)
+    for name in list_datasets():
+        spec = get_spec(name)  # `root: ../data/<name>` is allowed
+        assert spec.synthetic is not None or spec.root.is_relative_to(PROJECT_ROOT / "data")
 
 
 def test_duplicated_rows_are_dropped_and_counted(corpus):
