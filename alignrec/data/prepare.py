@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _LABELS = np.array(["train", "valid", "test"], dtype=object)
+MIN_ITEMS = 2  # fewer, and there is nothing to rank: every metric would be trivially 0 or 1
 
 
 def fingerprint(spec: DatasetSpec) -> str:
@@ -67,14 +68,22 @@ def build_dataset(raw: RawData, spec: DatasetSpec) -> Dataset:
     shipped = spec.ships_split
     if shipped and spec.split.core > 0:
         raise ConfigError(f"{spec.source}: 'split.core' cannot filter a dataset that ships its split")
+    source = _interactions_file(spec)
     if not shipped:
         before = len(inter)
         inter = k_core(inter, spec.split.core)
         fallbacks["interactions_removed_by_core"] += before - len(inter)
+        if inter.empty:
+            raise DataError(
+                f"no interactions left after the {spec.split.core}-core filter (all {before} "
+                f"removed; lower 'split.core' in {spec.source})",
+                file=source,
+            )
 
     sort_key = (lambda s: s.map(int)) if spec.id_type == "int" else None
     user_ids = pd.Series(inter["user_id"].unique()).sort_values(key=sort_key, ignore_index=True)
     item_ids = pd.Series(inter["item_id"].unique()).sort_values(key=sort_key, ignore_index=True)
+    n_users_read = len(user_ids)
     user_index = pd.Series(np.arange(len(user_ids), dtype=np.int32), index=user_ids)
     item_index = pd.Series(np.arange(len(item_ids), dtype=np.int32), index=item_ids)
     out = pd.DataFrame(
@@ -101,6 +110,18 @@ def build_dataset(raw: RawData, spec: DatasetSpec) -> Dataset:
         remap[kept_users] = np.arange(len(kept_users), dtype=np.int32)
         out["user"] = remap[out["user"].to_numpy()]
         user_ids = user_ids.iloc[kept_users].reset_index(drop=True)
+    if len(user_ids) == 0:
+        raise DataError(
+            f"0 users: none of the {n_users_read} users has a training interaction (their "
+            f"{int(orphan.sum())} validation and test interactions are dropped without one)",
+            file=source,
+        )
+    if len(item_ids) < MIN_ITEMS:
+        raise DataError(
+            f"{len(item_ids)} item(s) with interactions; a recommender needs at least "
+            f"{MIN_ITEMS} items to rank",
+            file=source,
+        )
     out = out.sort_values(["user", "item"], kind="stable").reset_index(drop=True)
     out["user"] = out["user"].astype("int32")
     out["item"] = out["item"].astype("int32")
@@ -146,6 +167,12 @@ def build_dataset(raw: RawData, spec: DatasetSpec) -> Dataset:
         "fallbacks": dict(sorted(fallbacks.items())),
     }
     return Dataset(spec.name, len(users), len(items), out, items, users, features, meta)
+
+
+def _interactions_file(spec: DatasetSpec) -> Path:
+    """The interactions file an empty-data error names (a shipped split's train file)."""
+    i = spec.interactions
+    return spec.file(i.path if i.path is not None else i.paths["train"])
 
 
 def write_dataset(dataset: Dataset, folder: Path, fingerprint_: str) -> None:

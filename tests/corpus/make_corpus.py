@@ -94,6 +94,32 @@ def main() -> None:
     case("missing_file", lambda d: (d / "items.csv").unlink())
     case("misspelled_key", lambda d: replace(d, "dataset.yaml", b"interactions:", b"interations:"))
     case("utf8_bom", add_bom)
+    case("all_filtered", lambda d: append(d, "dataset.yaml", "split: {core: 10}\n"))
+    case("no_train_users", lambda d: edit_rows(d, keep_one_row_per_user))
+    case("one_item", one_item)
+
+
+def append(d: Path, name: str, text: str) -> None:
+    (d / name).write_text((d / name).read_text() + text)
+
+
+def keep_one_row_per_user(lines) -> None:
+    """One interaction per user: the random split sends it to validation, leaving no train."""
+    seen, kept = set(), [lines[0]]
+    for line in lines[1:]:
+        if line.split(",")[0] not in seen:
+            seen.add(line.split(",")[0])
+            kept.append(line)
+    lines[:] = kept
+
+
+def one_item(d: Path) -> None:
+    """Every interaction names item 1, in a shipped split that is all train."""
+    rows = ["user,item,timestamp,fold"] + [f"{u},1,{1000 + u},0" for u in range(1, 5)]
+    (d / "interactions.csv").write_text("\n".join(rows) + "\n")
+    columns = b"  columns: {user: user, item: item, timestamp: timestamp}\n"
+    split = b"  split_column: fold\n  split_labels: {'0': train, '1': valid, '2': test}\n"
+    replace(d, "dataset.yaml", columns, columns + split)
 
 
 def add_bom(d: Path) -> None:

@@ -55,6 +55,10 @@ def test_base_is_clean(corpus):
         ("nan_feature", ["tags.npy", "row 2", "field 'column 1'", "not finite"]),
         ("wrong_rows_feature", ["tags.npy", "4 rows", "names 5 ids"]),
         ("missing_file", ["items.csv", "file not found"]),
+        ("all_filtered", ["interactions.csv", "no interactions left after the 10-core filter",
+                          "'split.core'", "all_filtered.yaml"]),
+        ("no_train_users", ["interactions.csv", "0 users", "none of the 4 users has a training"]),
+        ("one_item", ["interactions.csv", "1 item(s)", "at least 2 items"]),
     ],
 )
 def test_errors_name_file_row_and_field(corpus, case, parts):
