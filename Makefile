@@ -29,6 +29,7 @@ data: setup
 
 # The main job: the whole pipeline for one dataset partition, through Dagster.
 pipeline: data
+	@$(BIN)/python -c 'import sys; from alignrec.data.registry import check_registered as c; sys.exit(c(sys.argv[1]))' '$(DATASET)'
 	$(BIN)/dagster asset materialize -m orchestration.definitions --select '*' --partition $(DATASET)
 
 # The same pipeline through DVC (dvc.yaml, params.yaml's dataset): reruns only the stages whose

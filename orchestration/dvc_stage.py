@@ -212,7 +212,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
     """Read and check params.yaml's top level: known sections, a registered ``dataset``."""
     import yaml
 
-    from alignrec.data.registry import list_datasets
+    from alignrec.data.registry import list_datasets, unknown_dataset
 
     path = Path(path)
     if not path.is_file():
@@ -230,9 +230,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: {key} must be a non-empty string, got {params.get(key)!r}")
     datasets = sorted(list_datasets())
     if params["dataset"] not in datasets:
-        raise ConfigError(
-            f"{path}: dataset {params['dataset']!r} is not registered; known: {datasets}"
-        )
+        raise ConfigError(f"{path}: key 'dataset': {unknown_dataset(params['dataset'], datasets)}")
     return params
 
 

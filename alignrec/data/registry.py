@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from pathlib import Path
 
 from alignrec.data.spec import DatasetSpec, load_spec
 from alignrec.errors import ConfigError
 from alignrec.paths import dataset_dirs
+
+REGISTER_HINT = (
+    "A dataset is registered by NAME.yaml in datasets/ or in a folder listed in "
+    "$ALIGNREC_DATASETS. Dagster reads its dataset partitions when the code location loads: set "
+    "ALIGNREC_DATASETS where Dagster runs (`make ui`, `dagster dev`, `dagster asset "
+    "materialize`) and restart it (a new YAML in a folder already listed: reload the code "
+    "location)."
+)
 
 
 def list_datasets() -> dict[str, Path]:
@@ -21,17 +31,35 @@ def list_datasets() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def unknown_dataset(name: str, known: list[str] | None = None) -> ConfigError:
+    """The error for a name that no dataset folder registers: a close name, the registered
+    ones, and how a dataset (and a Dagster partition) is added."""
+    known = list(list_datasets()) if known is None else known
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    extra = os.environ.get("ALIGNREC_DATASETS")
+    where = f"ALIGNREC_DATASETS={extra}" if extra else "ALIGNREC_DATASETS is unset"
+    return ConfigError(
+        f"unknown dataset {name!r}.{hint} Registered datasets: {', '.join(known) or 'none'} "
+        f"({where} here). {REGISTER_HINT}"
+    )
+
+
 def get_spec(name: str) -> DatasetSpec:
     """The validated spec of a registered dataset, or a clear error listing the known ones."""
     known = list_datasets()
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown dataset {name!r}.{hint} Registered datasets: {', '.join(known) or 'none'}"
-            " (a dataset is registered by a NAME.yaml in datasets/ or in $ALIGNREC_DATASETS)"
-        )
+        raise unknown_dataset(name, list(known))
     spec = load_spec(known[name])
     if spec.name != name:
         raise ConfigError(f"{known[name]}: 'name: {spec.name}' differs from the file name {name!r}")
     return spec
+
+
+def check_registered(name: str) -> int:
+    """Exit status 0 when ``name`` is registered, else 2 with the reason on stderr (the
+    Makefile checks ``DATASET`` this way before Dagster refuses an unknown partition)."""
+    if name in list_datasets():
+        return 0
+    print(f"error: {unknown_dataset(name)}", file=sys.stderr)
+    return 2

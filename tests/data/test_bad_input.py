@@ -79,6 +79,21 @@ def test_unknown_dataset_lists_known_ones(corpus):
     message = error_of("bsae", ConfigError)
     assert "unknown dataset 'bsae'" in message
     assert "Did you mean 'base'" in message
+    # How a dataset becomes a Dagster partition: the variable where Dagster runs, a restart.
+    assert f"ALIGNREC_DATASETS={corpus.parent / 'specs'} here" in message
+    assert "Dagster reads its dataset partitions when the code location loads" in message
+    assert "restart it" in message
+
+
+def test_check_registered_says_how_to_register(monkeypatch, capsys):
+    from alignrec.data.registry import check_registered
+
+    monkeypatch.delenv("ALIGNREC_DATASETS", raising=False)
+    assert check_registered("synthetic") == 0
+    assert check_registered("my-shop") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'my-shop'")
+    assert "ALIGNREC_DATASETS is unset here" in err and "reload the code location" in err
 
 
 def test_wrong_config_value(corpus):

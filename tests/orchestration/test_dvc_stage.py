@@ -100,6 +100,14 @@ def test_a_wrong_param_is_a_config_error_naming_it(tmp_path, stage, edit, named)
         op_configs(stage, load_params(_write(tmp_path, edit)))
 
 
+def test_an_unknown_dataset_says_how_to_make_it_a_partition(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_params(_write(tmp_path, _set("dataset", "my-shop")))
+    message = str(info.value)
+    assert "key 'dataset': unknown dataset 'my-shop'" in message
+    assert "ALIGNREC_DATASETS" in message and "code location" in message
+
+
 def test_every_asset_belongs_to_exactly_one_stage():
     stages_of = {
         key: [s for s in STAGES if key in stage_asset_keys(defs, s)]
