@@ -82,6 +82,20 @@ def write_npy(path: str | Path, array: np.ndarray) -> Path:
     return Path(path)
 
 
+def write_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` ``obj`` atomically, the bytes depending on ``obj`` alone.
+
+    Given a file name, torch names every record of its zip archive after it, so saving to
+    the temporary file would make identical weights differ byte for byte between runs.
+    Through an open file the records are always named ``archive/...``.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)

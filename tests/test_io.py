@@ -42,3 +42,15 @@ def test_written_files_and_folders_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "plots").stat().st_mode) == 0o755
+
+
+def test_saved_weights_depend_on_the_weights_alone(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    state = torch.nn.Linear(4, 3).state_dict()
+    a = io.write_torch(tmp_path / "a" / "model.pt", state)
+    b = io.write_torch(tmp_path / "b" / "model.pt", state)
+    assert a.read_bytes() == b.read_bytes()  # the temporary file's name is not in the archive
+    loaded = torch.load(a, weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

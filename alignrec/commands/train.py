@@ -62,8 +62,6 @@ def run_record(result, grid=None) -> dict[str, Any]:
 
 def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
     """Write a finished run's files into ``out`` and return the metrics record."""
-    import torch
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
@@ -76,8 +74,7 @@ def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
     io.write_json(out / "history.json", result.history)
     with io.atomic_path(out / "per_user.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **_per_user_arrays(result))
-    with io.atomic_path(out / "model.pt") as tmp:
-        torch.save(result.model.state_dict(), tmp)
+    io.write_torch(out / "model.pt", result.model.state_dict())
     if grid is not None:
         io.write_json(out / "grid.json", grid.table())
     return record

@@ -71,6 +71,15 @@ def test_train_writes_metrics_and_per_user_arrays(tiny, tmp_path):
     assert len(json.loads((out / "history.json").read_text())) == 3
 
 
+def test_identical_runs_write_identical_files(tiny, tmp_path):
+    args = ["train", "bpr", "--dataset", "tiny", "--seed", "1", "--quiet", "--set", "epochs=2"]
+    for name in ("a", "b"):
+        res = CliRunner().invoke(cli.app, [*args, "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    for name in ("model.pt", "per_user.npz", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 def test_train_grid_records_the_validation_winner(tiny, tmp_path):
     out = tmp_path / "grid"
     res = CliRunner().invoke(
