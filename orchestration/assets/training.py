@@ -115,7 +115,7 @@ def registered_name(dataset: str) -> str:
     partitions_def=dataset_partitions,
     kinds={"pytorch", "mlflow"},
     description="AlignRec stage 2 on the stage-1 features: early-stopped on valid recall@20, "
-    "tested once, logged to MLflow and registered as alignrec-<dataset> (the challenger; "
+    "tested once, logged to MLflow and registered as `alignrec-<dataset>` (the challenger; "
     "the champion when its valid recall@20 beats the champion's).",
 )
 def alignrec_model(

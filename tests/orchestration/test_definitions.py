@@ -31,6 +31,28 @@ def test_asset_checks_are_blocking():
             assert spec.blocking, spec.name
 
 
+def test_alignrec_model_description_shows_the_registry_name():
+    spec = next(s for s in defs.resolve_all_asset_specs() if s.key.to_user_string() == "alignrec_model")
+    assert "`alignrec-<dataset>`" in spec.description
+
+
+def test_descriptions_keep_placeholders_out_of_html():
+    """The UI renders descriptions as Markdown: a bare ``<dataset>`` is dropped as an HTML tag,
+    so a placeholder belongs in backticks."""
+    import re
+
+    texts = {s.key.to_user_string(): s.description or "" for s in defs.resolve_all_asset_specs()}
+    repo = defs.get_repository_def()
+    for key in repo.asset_graph.asset_check_keys:
+        texts[key.name] = repo.asset_graph.get_check_spec(key).description or ""
+    bare = {
+        name: tags
+        for name, text in texts.items()
+        if (tags := re.findall(r"</?[A-Za-z][^>]*>", re.sub(r"`[^`]*`", "", text)))
+    }
+    assert bare == {}
+
+
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
