@@ -13,6 +13,10 @@ be given a stage, which ``tests/orchestration/test_dvc_stage.py`` enforces.
 
 ``artifacts`` in params.yaml becomes ``ALIGNREC_HOME``: dvc.yaml names the stages' outputs under
 it, so the files the assets write are the ones DVC tracks.
+
+A stage that trains writes ``summary.json`` beside its full results (each model's
+``metrics.json``, the benchmark's ``report.json``): the headline figures only, which dvc.yaml
+declares as the stage's ``metrics``, so ``dvc metrics show`` prints a few columns, not hundreds.
 """
 
 from __future__ import annotations
@@ -308,19 +312,23 @@ def run_stage(
     tags = {"alignrec/dvc_stage": stage}
     with dg.DagsterInstance.get() as instance:
         if os.environ.get("ALIGNREC_EXECUTOR") == "multiprocess":
-            return _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
-        job = defs.resolve_implicit_job_def_def_for_assets(keys)
-        try:
-            return job.execute_in_process(
-                run_config=run_config,
-                instance=instance,
-                partition_key=params["dataset"],
-                asset_selection=keys,
-                tags=tags,
-                raise_on_error=False,
-            )
-        except dg.DagsterInvalidConfigError as exc:
-            raise _refused(params_path, stage, exc) from None
+            result = _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
+        else:
+            job = defs.resolve_implicit_job_def_def_for_assets(keys)
+            try:
+                result = job.execute_in_process(
+                    run_config=run_config,
+                    instance=instance,
+                    partition_key=params["dataset"],
+                    asset_selection=keys,
+                    tags=tags,
+                    raise_on_error=False,
+                )
+            except dg.DagsterInvalidConfigError as exc:
+                raise _refused(params_path, stage, exc) from None
+    if result.success:
+        write_summaries(stage, params["dataset"], sorted(names))
+    return result
 
 
 def _refused(params_path: Path, stage: str, exc: Exception) -> ConfigError:
@@ -347,6 +355,67 @@ def _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
             return result
     except dg.DagsterInvalidConfigError as exc:
         raise _refused(params_path, tags["alignrec/dvc_stage"], exc) from None
+
+
+# ------------------------------------------------------------------ compact DVC metrics
+
+SUMMARY_FILE = "summary.json"
+HEADLINE = ("recall@20", "ndcg@20")  # per split, of a training run
+BENCHMARK_HEADLINE = "test_recall_at_20_mean"  # per model, of the benchmark's report.json
+BENCHMARK_COLUMN = "R@20"  # its name in summary.json (`dvc metrics show`: R@20.<model>)
+
+
+def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A training run's headline figures from its ``metrics.json``: valid and test
+    recall@20 and ndcg@20."""
+    return {
+        split: {k: metrics[split][k] for k in HEADLINE if k in metrics[split]}
+        for split in ("valid", "test")
+        if isinstance(metrics.get(split), dict)
+    }
+
+
+def benchmark_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's headline figures from its ``report.json``: each model's test recall@20,
+    mean over seeds, as ``{"R@20": {model: mean}}`` (short, as the report's tables name it)."""
+    return {
+        BENCHMARK_COLUMN: {
+            model: figures[BENCHMARK_HEADLINE]
+            for model, figures in report.get("models", {}).items()
+            if BENCHMARK_HEADLINE in figures
+        }
+    }
+
+
+def summary_sources(stage: str, dataset: str, assets: Sequence[str]) -> list[tuple[Path, Callable]]:
+    """``(full results file, summary function)`` of each result ``stage`` writes for the named
+    assets; the summary goes beside it as :data:`SUMMARY_FILE`."""
+    if stage == "stage2":
+        from orchestration.assets.training import run_dir
+
+        return [
+            (run_dir(dataset, name.removesuffix("_model")) / "metrics.json", run_summary)
+            for name in assets
+        ]
+    if stage == "benchmark" and "benchmark" in assets:
+        from alignrec.benchmark.runner import default_out
+
+        return [(default_out(dataset) / "report.json", benchmark_summary)]
+    return []
+
+
+def write_summaries(stage: str, dataset: str, assets: Sequence[str]) -> list[Path]:
+    """Write the ``summary.json`` of every full result the stage wrote (a skipped asset has
+    none); returns the files written."""
+    from alignrec import io
+
+    written = []
+    for source, summarize in summary_sources(stage, dataset, assets):
+        if source.is_file():
+            written.append(
+                io.write_json(source.with_name(SUMMARY_FILE), summarize(json.loads(source.read_text())))
+            )
+    return written
 
 
 LOAD_INPUT_HINT = (

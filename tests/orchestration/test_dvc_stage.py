@@ -4,6 +4,7 @@ stage, dvc.yaml agrees with both, and a stage materializes its assets on synthet
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,17 @@ import yaml
 
 from alignrec.errors import ConfigError
 from orchestration.definitions import defs
-from orchestration.dvc_stage import COMMON, STAGES, load_params, main, op_configs, stage_asset_keys
+from orchestration.dvc_stage import (
+    COMMON,
+    STAGES,
+    SUMMARY_FILE,
+    load_params,
+    main,
+    op_configs,
+    stage_asset_keys,
+    summary_sources,
+    write_summaries,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -197,6 +208,53 @@ def test_dvc_yaml_outputs_do_not_overlap_and_deps_exist():
             assert path in pulled or (ROOT / path).exists(), (
                 f"{name}: dependency {path} does not exist"
             )
+
+
+def test_dvc_metrics_are_the_compact_summaries_the_stages_write():
+    from alignrec.paths import artifacts_root
+
+    artifacts = Path(PARAMS["artifacts"])
+    declared = 0
+    for name, stage, item in GENERATED:
+        metrics = [Path(_render(p, item)) for p in _paths(stage.get("metrics"))]
+        if not metrics:
+            continue
+        m = CMD.match(_render(stage["cmd"], item))
+        assets = [m.group(2)] if m.group(2) else [
+            k.to_user_string() for k in stage_asset_keys(defs, m.group(1))
+        ]
+        sources = summary_sources(m.group(1), PARAMS["dataset"], assets)
+        summaries = [source.with_name(SUMMARY_FILE).relative_to(artifacts_root()) for source, _ in sources]
+        assert sorted(p.relative_to(artifacts) for p in metrics) == sorted(summaries), name
+        outs = {Path(_render(p, item)) for p in _paths(stage.get("outs"))}
+        for source, _ in sources:  # the full results stay tracked, as outputs
+            assert artifacts / source.relative_to(artifacts_root()) in outs, name
+        declared += len(metrics)
+    assert declared == 4  # stage2@bpr, @lightgcn, @alignrec and the benchmark
+
+
+def test_summaries_hold_only_the_headline_figures():
+    from alignrec.benchmark.runner import default_out
+    from orchestration.assets.training import run_dir
+
+    figures = {f"{m}@{k}": 0.1 for m in ("recall", "ndcg", "precision", "map", "hit") for k in (5, 10, 20, 50)}
+    run = run_dir("tiny", "bpr")
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"model": "bpr", "seed": 0, "best_epoch": 3,
+                                                  "valid": figures, "test": figures}))
+    models = {m: {"test_recall_at_20_mean": 0.3, "test_recall_at_20_std": 0.01,
+                  "test_recall_at_20_per_seed": [0.3, 0.3], "p_wilcoxon_vs_alignrec": 0.5}
+              for m in ("bpr", "lightgcn", "alignrec")}
+    default_out("tiny").mkdir(parents=True)
+    (default_out("tiny") / "report.json").write_text(json.dumps({"models": models, "gain": {}}))
+
+    assert write_summaries("stage2", "tiny", ["bpr_model", "lightgcn_model"]) == [run / SUMMARY_FILE]
+    head = {"recall@20": 0.1, "ndcg@20": 0.1}
+    assert json.loads((run / SUMMARY_FILE).read_text()) == {"valid": head, "test": head}
+    assert write_summaries("benchmark", "tiny", ["benchmark"]) == [default_out("tiny") / SUMMARY_FILE]
+    summary = json.loads((default_out("tiny") / SUMMARY_FILE).read_text())
+    assert summary == {"R@20": {"bpr": 0.3, "lightgcn": 0.3, "alignrec": 0.3}}
+    assert write_summaries("data", "tiny", ["dataset", "raw_data"]) == []
 
 
 @pytest.mark.slow
