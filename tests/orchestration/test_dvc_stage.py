@@ -53,6 +53,26 @@ def test_params_become_run_config_the_assets_accept():
     dg.validate_run_config(job, {"ops": ops})  # raises on a key or type the assets refuse
 
 
+def test_params_yaml_survives_dvc_set_param_unchanged(tmp_path):
+    """`dvc exp run -S` loads params.yaml with ruamel and dumps it back: a flow mapping past the
+    line width would come back rewrapped, with trailing spaces."""
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize._yaml import dumps_yaml, parse_yaml_for_update
+
+    text = (ROOT / "params.yaml").read_text()
+    assert dumps_yaml(parse_yaml_for_update(text, "params.yaml")) == text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    apply_overrides(str(path), ["stage2.alignrec.seed=1", "stage2.lightgcn.sets.n_layers=3"])
+    after = path.read_text().splitlines()
+    before = text.splitlines()
+    assert len(after) == len(before)
+    assert [(a, b) for a, b in zip(before, after, strict=True) if a != b] == [
+        ("      n_layers: 2", "      n_layers: 3"),
+        ("    seed: 0", "    seed: 1"),
+    ]
+
+
 def test_benchmark_grids_in_params_reach_the_asset_config(tmp_path):
     path = _write(tmp_path, _set("benchmark.grids", {"lightgcn": {"n_layers": [3], "reg_weight": [1e-3]}}))
     ops = op_configs("benchmark", load_params(path))
