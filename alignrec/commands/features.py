@@ -1,6 +1,6 @@
 """CLI commands of stage 1 and of the feature protocols (registered in :mod:`alignrec.cli`).
 
-- ``alignrec evaluate-features --dataset NAME --features FEATURES --protocol P [--out F.json]``
+- ``alignrec evaluate-features --dataset NAME --features FEATURES --protocol P [--out F.json|DIR]``
 - ``alignrec pretrain-features --dataset NAME --out F.npy [--model-dir DIR] [--config F.json]``
 """
 
@@ -49,7 +49,10 @@ def evaluate_features(
     dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
     features: Annotated[str, typer.Option("--features", help=FEATURES_HELP)],
     protocol: Annotated[str, typer.Option("--protocol", help=PROTOCOL_HELP)],
-    out: Annotated[Path | None, typer.Option("--out", help="write the result as JSON here")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write the result as JSON here (a folder: FOLDER/PROTOCOL.json)"),
+    ] = None,
     modality: Annotated[str, typer.Option(help="mask-modality: the modality to remove")] = "image",
     fraction: Annotated[
         float, typer.Option(help="mask-modality: fraction of items that lose it")
@@ -68,6 +71,10 @@ def evaluate_features(
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if out is not None and out.is_dir():
+        out = out / f"{protocol}.json"  # a folder: the result goes inside, named after the protocol
+        if out.is_dir():
+            raise ConfigError(f"--out: {out} is a folder; give a file name")
     ds = load_dataset(dataset)
     fs = resolve_features(features, ds, cache_dir)
     kwargs: dict[str, Any] = {}

@@ -48,6 +48,20 @@ def test_evaluate_features_npy_writes_json(synthetic_spec, tmp_path):
             assert 0.0 <= data["metrics"][f"{split}/{m}"] <= 1.0
 
 
+def test_evaluate_features_out_folder_gets_protocol_json(synthetic_spec, tmp_path):
+    np.save(tmp_path / "f.npy", np.ones((_n_items(synthetic_spec), 4), dtype=np.float32))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    args = ["evaluate-features", "--dataset", synthetic_spec, "--features", str(tmp_path / "f.npy")]
+    res = runner.invoke(app, [*args, "--protocol", "zero-shot", "--out", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((folder / "zero-shot.json").read_text())["protocol"] == "zero-shot"
+    assert f"wrote {folder / 'zero-shot.json'}" in res.output
+    (folder / "item-cf.json").mkdir()  # the name inside is a folder too: refused before any work
+    res = runner.invoke(app, [*args, "--protocol", "item-cf", "--out", str(folder)])
+    assert isinstance(res.exception, ConfigError) and "is a folder" in str(res.exception)
+
+
 def test_evaluate_features_precomputed_mask_modality(synthetic_spec, tmp_path):
     res = runner.invoke(
         app,
