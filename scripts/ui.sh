@@ -13,7 +13,10 @@ export DAGSTER_HOME="${DAGSTER_HOME:-$ROOT/.dagster}"
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DVC_NO_ANALYTICS=1
 cd "$ROOT"
 mkdir -p "$DAGSTER_HOME" mlruns/artifacts
-[[ -e "$DAGSTER_HOME/dagster.yaml" || -L "$DAGSTER_HOME/dagster.yaml" ]] || ln -s "$ROOT/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+# The instance settings live in orchestration/, not here: `dagster dev` warns that a dagster.yaml
+# in its working folder "will not be used" unless that folder is DAGSTER_HOME. A link left
+# dangling by an older checkout (it pointed at ./dagster.yaml) is replaced.
+[[ -e "$DAGSTER_HOME/dagster.yaml" ]] || ln -sfn "$ROOT/orchestration/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 
 # A background job of a non-interactive shell starts with SIGINT ignored, and `dagster dev`
 # then ignores SIGTERM too (../shared/docs/stack.md): start each server through an exec that

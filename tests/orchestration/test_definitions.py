@@ -53,6 +53,23 @@ def test_descriptions_keep_placeholders_out_of_html():
     assert bare == {}
 
 
+def test_instance_settings_sit_where_dagster_dev_does_not_warn(tmp_path):
+    """`make ui` runs `dagster dev` in the project root with DAGSTER_HOME=.dagster; a dagster.yaml
+    in the root makes it warn that the file "will not be used" (though the home links to it).
+    The settings live in orchestration/, and the home's dagster.yaml links there."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert not (root / "dagster.yaml").exists() and not (root / "dagster.yml").exists()
+    settings = root / "orchestration" / "dagster.yaml"
+    for script in ("Makefile", "scripts/ui.sh"):
+        assert "/orchestration/dagster.yaml" in (root / script).read_text(), script
+    (tmp_path / "dagster.yaml").symlink_to(settings)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as inst:
+        assert inst.run_coordinator.get_run_queue_config().max_concurrent_runs == 1
+        assert not inst.telemetry_enabled
+
+
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
