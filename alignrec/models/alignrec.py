@@ -140,8 +140,6 @@ class AlignRec(InnerProductModel):
         self.item_features = nn.Parameter(
             torch.from_numpy(feats.copy()), requires_grad=cfg.train_features
         )
-        # Similarity preservation targets the original features (the reference's v_feat).
-        self.register_buffer("original_features", torch.from_numpy(feats.copy()), persistent=False)
         self.proj = nn.Linear(feats.shape[1], d)  # W_m
         self.gate = nn.Linear(d, d)  # W_g, b_g
 
@@ -182,8 +180,10 @@ class AlignRec(InnerProductModel):
             )
         if cfg.beta > 0:
             uniq, counts = torch.unique(pos, return_counts=True)
+            # The target is the current (trainable) feature table, detached: in the reference,
+            # v_feat shares memory with the trained embedding.
             terms["sim"] = cfg.beta * similarity_preservation(
-                m[uniq + self.n_users], self.original_features[uniq], counts
+                m[uniq + self.n_users], self.item_features[uniq].detach(), counts
             )
         terms["loss"] = sum(terms.values())
         return terms

@@ -210,3 +210,20 @@ def test_alignrec_trains_with_the_reference_lr_schedule():
     assert (train_cfg.lr_decay_factor, train_cfg.lr_decay_step) == (0.96, 50)
     assert resolve_configs("lightgcn", {})[0].lr_decay_factor == 1.0
     assert resolve_configs("alignrec", {"lr_decay_factor": "1.0"})[0].lr_decay_factor == 1.0
+
+
+def test_similarity_preservation_targets_the_current_feature_table():
+    """As in the reference (v_feat shares memory with the trained table), the target follows
+    the trainable features as they move, detached, not a frozen copy of the initial ones."""
+    ds = _tiny()
+    model = AlignRec(ds, AlignRecConfig(embedding_size=4, alpha=0.0, uia_weight=0.0, beta=1.0))
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 3]), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        model.item_features.add_(torch.randn_like(model.item_features))
+    uniq, counts = torch.unique(pos, return_counts=True)
+    m = model.forward()["M"][uniq + model.n_users]
+    moved = similarity_preservation(m, model.item_features[uniq], counts)
+    initial = similarity_preservation(m, torch.from_numpy(ds.features["content"])[uniq], counts)
+    sim = model.loss_terms(users, pos, neg)["sim"]
+    assert sim.item() == pytest.approx(moved.item(), rel=1e-6)
+    assert sim.item() != pytest.approx(initial.item(), rel=1e-3)
