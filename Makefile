@@ -20,7 +20,7 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
-	mkdir -p $(DAGSTER_HOME) && ln -sfn $(CURDIR)/orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && ln -sfn $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # Real datasets from the DVC remote (../shared/dvc-store by default); only data.dvc, as the
 # pipeline's outputs in dvc.lock are rebuilt by `make repro`, not pulled.

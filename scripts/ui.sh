@@ -13,18 +13,20 @@ export DAGSTER_HOME="${DAGSTER_HOME:-$ROOT/.dagster}"
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DVC_NO_ANALYTICS=1
 cd "$ROOT"
 mkdir -p "$DAGSTER_HOME" mlruns/artifacts
-# The instance settings live in orchestration/, not here: `dagster dev` warns that a dagster.yaml
-# in its working folder "will not be used" unless that folder is DAGSTER_HOME. A link left
-# dangling by an older checkout (it pointed at ./dagster.yaml) is replaced.
-[[ -e "$DAGSTER_HOME/dagster.yaml" ]] || ln -sfn "$ROOT/orchestration/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+# The instance settings are ./dagster.yaml; the home links to them. A link left dangling by an
+# older checkout (it pointed at orchestration/dagster.yaml) is replaced.
+[[ -e "$DAGSTER_HOME/dagster.yaml" ]] || ln -sfn "$ROOT/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 
 # A background job of a non-interactive shell starts with SIGINT ignored, and `dagster dev`
 # then ignores SIGTERM too (../shared/docs/stack.md): start each server through an exec that
 # restores SIGINT's default handler.
 DEFAULT_SIGINT='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])'
 pids=()
-"$BIN/python" -c "$DEFAULT_SIGINT" "$BIN/dagster" dev -m orchestration.definitions \
-    -h "$HOST" -p "$DAGSTER_PORT" &
+# `dagster dev`, run here in the project root so that runs resolve relative paths as before,
+# through orchestration/dagster_dev.py: it drops dagster's warning that ./dagster.yaml "will not
+# be used", which is false while $DAGSTER_HOME/dagster.yaml links to it (and kept otherwise).
+"$BIN/python" -c "$DEFAULT_SIGINT" "$BIN/python" -m orchestration.dagster_dev \
+    -m orchestration.definitions -h "$HOST" -p "$DAGSTER_PORT" &
 pids+=($!)
 # One worker and no job runner (GenAI evaluation jobs): a browser UI on a small machine.
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \

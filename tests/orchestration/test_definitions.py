@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -53,21 +59,91 @@ def test_descriptions_keep_placeholders_out_of_html():
     assert bare == {}
 
 
-def test_instance_settings_sit_where_dagster_dev_does_not_warn(tmp_path):
-    """`make ui` runs `dagster dev` in the project root with DAGSTER_HOME=.dagster; a dagster.yaml
-    in the root makes it warn that the file "will not be used" (though the home links to it).
-    The settings live in orchestration/, and the home's dagster.yaml links there."""
-    from pathlib import Path
-
+def test_instance_settings_sit_at_the_top_level(tmp_path):
+    """The project keeps its instance settings in ./dagster.yaml; `make setup` and `make ui`
+    link DAGSTER_HOME's dagster.yaml to it, and through that link the settings load."""
     root = Path(__file__).resolve().parents[2]
-    assert not (root / "dagster.yaml").exists() and not (root / "dagster.yml").exists()
-    settings = root / "orchestration" / "dagster.yaml"
-    for script in ("Makefile", "scripts/ui.sh"):
-        assert "/orchestration/dagster.yaml" in (root / script).read_text(), script
+    settings = root / "dagster.yaml"
+    assert settings.is_file() and not (root / "orchestration" / "dagster.yaml").exists()
+    assert "ln -sfn $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml" in (
+        root / "Makefile"
+    ).read_text()
+    assert 'ln -sfn "$ROOT/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"' in (
+        root / "scripts" / "ui.sh"
+    ).read_text()
     (tmp_path / "dagster.yaml").symlink_to(settings)
     with dg.DagsterInstance.from_config(str(tmp_path)) as inst:
         assert inst.run_coordinator.get_run_queue_config().max_concurrent_runs == 1
         assert not inst.telemetry_enabled
+
+
+# `dagster dev` stopped right after its start-up checks: the instance is where it would begin
+# serving. argv[1] picks the launcher: `wrapper` (orchestration.dagster_dev, as scripts/ui.sh
+# runs it) or `dagster` (the plain CLI).
+_DEV_PROBE = """
+import sys
+import dagster._cli.dev as dev
+
+class Stop(Exception):
+    pass
+
+def stop(*args, **kwargs):
+    raise Stop()
+
+dev.get_possibly_temporary_instance_for_cli = stop
+args = ["-m", "orchestration.definitions"]
+try:
+    if sys.argv[1] == "wrapper":
+        from orchestration.dagster_dev import main
+        main(args)
+    else:
+        from dagster._cli import main
+        sys.argv = ["dagster", "dev", *args]
+        main()
+except Stop:
+    print("reached the instance")
+"""
+
+
+def _dev_output(tmp_path, launcher: str, home_settings: str) -> str:
+    """What `dagster dev` prints on start-up in a folder holding the project's dagster.yaml,
+    with DAGSTER_HOME elsewhere holding ``home_settings`` (``link``: a link to that file,
+    ``copy``: another file with the same text)."""
+    root = Path(__file__).resolve().parents[2]
+    work, home = tmp_path / launcher / home_settings, tmp_path / launcher / home_settings / ".dagster"
+    home.mkdir(parents=True)
+    shutil.copy(root / "dagster.yaml", work / "dagster.yaml")
+    if home_settings == "link":
+        (home / "dagster.yaml").symlink_to(work / "dagster.yaml")
+    else:
+        shutil.copy(work / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEV_PROBE, launcher],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert "reached the instance" in out, out
+    return out
+
+
+@pytest.mark.slow
+def test_make_ui_does_not_warn_that_the_linked_settings_will_not_be_used(tmp_path):
+    """`make ui` runs `dagster dev` in the project root, whose dagster.yaml DAGSTER_HOME links
+    to. Plain `dagster dev` warns that the file "will not be used" (it compares folders only);
+    scripts/ui.sh's launcher drops that false warning, and keeps it when the home holds a
+    different file."""
+    from orchestration.dagster_dev import FALSE_WARNING
+
+    assert FALSE_WARNING in _dev_output(tmp_path, "dagster", "link")  # the check still exists
+    assert FALSE_WARNING not in _dev_output(tmp_path, "wrapper", "link")
+    assert FALSE_WARNING in _dev_output(tmp_path, "wrapper", "copy")
+    ui = (Path(__file__).resolve().parents[2] / "scripts" / "ui.sh").read_text()
+    assert "-m orchestration.dagster_dev" in ui and '"$BIN/dagster" dev' not in ui
 
 
 @pytest.fixture
