@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data pipeline repro test test-fast lint ui clean-state
+.PHONY: setup data pipeline repro test test-fast lint ui serve clean-state
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,14 @@ lint: setup
 # (127.0.0.1:5000) together; Ctrl-C stops both.
 ui: setup
 	scripts/ui.sh
+
+# The registered champion of DATASET over HTTP on 127.0.0.1:$(PORT) (POST /invocations), from
+# the project's MLflow store (or $$MLFLOW_TRACKING_URI) with the venv's mlflow and uvicorn;
+# MODEL and PORT override. Ctrl-C stops it.
+MODEL ?= models:/alignrec-$(DATASET)@champion
+PORT ?= 5001
+serve: setup
+	$(BIN)/alignrec serve --model '$(MODEL)' --port $(PORT)
 
 clean-state:
 	rm -rf .dagster/storage .dagster/history .dagster/schedules

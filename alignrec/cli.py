@@ -77,6 +77,8 @@ from alignrec.commands import features as _features_cmds  # noqa: E402
 
 app.command("evaluate-features")(_features_cmds.evaluate_features)
 app.command("pretrain-features")(_features_cmds.pretrain_features)
+app.command("pretext-check")(_features_cmds.pretext_check_command)
+app.command("stage1-sweep")(_features_cmds.stage1_sweep_command)
 
 # Training and speed benchmark (alignrec.commands.train / .bench).
 from alignrec.commands import bench as _bench_cmds  # noqa: E402
@@ -99,6 +101,7 @@ from alignrec.commands import registry as _registry_cmds  # noqa: E402
 
 app.add_typer(_registry_cmds.registry_app, name="registry")
 app.command("recommend")(_registry_cmds.recommend_command)
+app.command("serve")(_registry_cmds.serve_command)
 
 
 def main() -> None:

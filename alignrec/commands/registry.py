@@ -103,3 +103,61 @@ def recommend_command(
     )
     for user in table.loc[table["fallback"] != "", "user_id"].unique():
         typer.echo(f"note: user {user} is unknown to the model: most popular items instead")
+
+
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 5001
+
+
+def serve_invocation(
+    model: str, host: str = SERVE_HOST, port: int = SERVE_PORT, tracking_uri: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow models serve`` command line and environment that serve ``model``.
+
+    Tracking and registry point at ``tracking_uri`` (default: ``$MLFLOW_TRACKING_URI``, else
+    the project's ``mlruns/mlflow.db``, wherever the command runs; bare ``mlflow`` would open,
+    or create, ``./mlflow.db``), and this interpreter's ``bin`` folder leads ``PATH``, where
+    ``mlflow models serve`` finds the ``uvicorn`` it execs. ``--env-manager local`` serves from
+    this environment, offline.
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from alignrec.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    registry = uri if tracking_uri else os.environ.get("MLFLOW_REGISTRY_URI", uri)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": registry,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+    }
+    argv = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model,
+        "--env-manager", "local", "-h", host, "-p", str(port),
+    ]  # fmt: skip
+    return argv, env
+
+
+def serve_command(
+    model: Annotated[
+        str, typer.Option("--model", help="model URI, e.g. models:/alignrec-lastfm-2k@champion")
+    ],
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = SERVE_PORT,
+    host: Annotated[
+        str, typer.Option("--host", "-h", help="interface to listen on (0.0.0.0: every one)")
+    ] = SERVE_HOST,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Serve MODEL over HTTP (POST /invocations) with `mlflow models serve`, from the
+    project's MLflow store and this environment. Ctrl-C stops it.
+    """
+    import os
+
+    argv, env = serve_invocation(model, host, port, tracking_uri)
+    typer.echo(f"serving {model} from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
+    os.execve(argv[0], argv, env)

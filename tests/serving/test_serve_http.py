@@ -1,7 +1,8 @@
-"""``mlflow models serve`` on the registered champion answers real HTTP requests.
+"""The documented serve command (``make serve``, which runs ``alignrec serve``, which runs
+``mlflow models serve``) on the registered champion answers real HTTP requests.
 
-Starting the server takes 10-30 s (the MLflow CLI, then uvicorn loading the model), hence
-the ``smoke`` mark.
+Starting the server takes 10-30 s (make, the MLflow CLI, then uvicorn loading the model), hence
+the ``smoke`` mark. One server, from a temporary store, serves every test of this module.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alignrec.paths import PROJECT_ROOT
 from tests.serving.conftest import train_items
 
 pytestmark = [pytest.mark.smoke, pytest.mark.slow]
@@ -60,62 +62,34 @@ def invoke(base: str, payload: dict) -> dict:
         return json.loads(r.read())
 
 
-def test_served_champion_answers_dataframe_split_requests(registered, trained, tmp_path):
+@pytest.fixture(scope="module")
+def served(registered, tmp_path_factory):
+    """``make serve MODEL=<champion> PORT=<free port>`` with MLFLOW_TRACKING_URI at the test
+    store and a PATH without this environment's bin (the command adds it for uvicorn); yields
+    the base URL, then stops the server and checks that no ./mlflow.db appeared."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    bin_dir = str(Path(sys.executable).parent)  # mlflow execs `uvicorn` from PATH
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    bin_dir = Path(sys.executable).parent
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p) != bin_dir]
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": registered.uri,
-        "MLFLOW_REGISTRY_URI": registered.uri,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PATH": os.pathsep.join(path),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        registered.champion,
-        "--env-manager",
-        "local",
-        "-p",
-        str(port),
-        "-h",
-        "127.0.0.1",
-    ]
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    stray = PROJECT_ROOT / "mlflow.db"
+    stray_before = stray.exists()
+    cmd = ["make", "-s", "-o", ".venv/bin/.installed", "serve",
+           f"MODEL={registered.champion}", f"PORT={port}"]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         wait_for_ping(proc, base, log)
-        users, k = ["2", "9", "nobody"], 5
-        body = invoke(
-            base,
-            {
-                "dataframe_split": {
-                    "columns": ["user_id", "k", "exclude"],
-                    "data": [[u, k, []] for u in users],
-                }
-            },
-        )
-        rows = body["predictions"]
-        for user in users:
-            mine = [r for r in rows if r["user_id"] == user]
-            assert [r["rank"] for r in mine] == list(range(1, k + 1))
-            assert np.all(np.diff([r["score"] for r in mine]) <= 0)
-            if user == "nobody":
-                assert {r["fallback"] for r in mine} == {"popular"}
-            else:
-                assert {r["fallback"] for r in mine} == {""}
-                assert not {r["item_id"] for r in mine} & train_items(trained.dataset, user)
-        default_k = invoke(
-            base, {"dataframe_split": {"columns": ["user_id"], "data": [["2"]]}, "params": {"k": 3}}
-        )
-        assert len(default_k["predictions"]) == 3
+        yield base
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -124,3 +98,32 @@ def test_served_champion_answers_dataframe_split_requests(registered, trained, t
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+    assert stray.exists() == stray_before, "the serve command left a stray ./mlflow.db"
+
+
+def test_served_champion_answers_dataframe_split_requests(served, trained):
+    base = served
+    users, k = ["2", "9", "nobody"], 5
+    body = invoke(
+        base,
+        {
+            "dataframe_split": {
+                "columns": ["user_id", "k", "exclude"],
+                "data": [[u, k, []] for u in users],
+            }
+        },
+    )
+    rows = body["predictions"]
+    for user in users:
+        mine = [r for r in rows if r["user_id"] == user]
+        assert [r["rank"] for r in mine] == list(range(1, k + 1))
+        assert np.all(np.diff([r["score"] for r in mine]) <= 0)
+        if user == "nobody":
+            assert {r["fallback"] for r in mine} == {"popular"}
+        else:
+            assert {r["fallback"] for r in mine} == {""}
+            assert not {r["item_id"] for r in mine} & train_items(trained.dataset, user)
+    default_k = invoke(
+        base, {"dataframe_split": {"columns": ["user_id"], "data": [["2"]]}, "params": {"k": 3}}
+    )
+    assert len(default_k["predictions"]) == 3
