@@ -4,24 +4,142 @@ The model is exported as what it computes at inference: final user and item
 embeddings (score = dot product), the training interactions to exclude, and the
 original ids. ``predict`` takes a table with a ``user_id`` column (optional ``k``
 and ``exclude``: a list of item ids per row) and returns the top-k item ids with
-their scores. A user's training items are never recommended. An unknown user
-gets the most popular training items, flagged ``fallback="popular"``. Give ``k``
-on every row or on none (the ``k`` parameter is the default): MLflow's schema check
-refuses an integer column with missing values.
+their scores. A user's training items are never recommended, and no score is
+infinite: a user with fewer than ``k`` candidate items gets fewer rows. An unknown
+user gets the most popular training items, flagged ``fallback="popular"``. A row
+whose ``k`` is missing (null) gets the default ``k`` (the ``k`` parameter, 10).
+
+A bad request (no ``user_id`` column or value, a ``k`` that is not a whole number
+from 1 to ``ALIGNREC_SERVE_MAX_K`` (default 1000), more rows than
+``ALIGNREC_SERVE_MAX_ROWS`` (default 10,000)) raises :class:`BadRequest`, which
+``mlflow models serve`` answers with HTTP 400 and its one-line reason.
 
 This module imports mlflow; import it only where MLflow is wanted.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 EXPORT_FILE = "recommender.npz"
+DEFAULT_K = 10
+MAX_K_VAR, DEFAULT_MAX_K = "ALIGNREC_SERVE_MAX_K", 1000
+MAX_ROWS_VAR, DEFAULT_MAX_ROWS = "ALIGNREC_SERVE_MAX_ROWS", 10_000
+
+
+class BadRequest(MlflowException):
+    """A request the model refuses: ``mlflow models serve`` answers HTTP 400 with
+    ``{"error_code": "INVALID_PARAMETER_VALUE", "message": <reason>, ...}``.
+
+    The reason is one line, and stays the whole message: the scoring server rewrites the
+    message of an ``MlflowException`` raised in ``predict`` to ``Failed to predict data
+    '<the request as a table>'. \nError: ...``, which would echo the request over several
+    lines; assignments after the first are ignored. No ``stack_trace`` is attached (the
+    server adds one only to exceptions that are not an ``MlflowException``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(str(reason).split()), error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):
+            self._reason = value
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for: ``k`` up to ``max_k``, at most ``max_rows`` rows."""
+
+    max_k: int = DEFAULT_MAX_K
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeLimits:
+        """``ALIGNREC_SERVE_MAX_K`` and ``ALIGNREC_SERVE_MAX_ROWS`` (positive integers)."""
+        from alignrec.errors import ConfigError
+
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field, var, default in (
+            ("max_k", MAX_K_VAR, DEFAULT_MAX_K),
+            ("max_rows", MAX_ROWS_VAR, DEFAULT_MAX_ROWS),
+        ):
+            raw = environ.get(var, "").strip()
+            try:
+                values[field] = int(raw) if raw else default
+            except ValueError:
+                values[field] = 0
+            if values[field] < 1:
+                raise ConfigError(f"{var}={raw!r}: expected a positive integer")
+        return cls(**values)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (an integral float counts), else None."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real) and np.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _k_error(where: str, value: Any, limits: ServeLimits) -> BadRequest:
+    return BadRequest(
+        f"{where} k = {_shown(value)}: k must be a whole number from 1 to {limits.max_k} "
+        f"({MAX_K_VAR}), or null for the default"
+    )
+
+
+def check_k(value: Any, limits: ServeLimits, where: str = "params:") -> int:
+    """One ``k`` as an int in ``1..limits.max_k``; :class:`BadRequest` otherwise."""
+    k = _whole(value)
+    if k is None or not 1 <= k <= limits.max_k:
+        raise _k_error(where, value, limits)
+    return k
+
+
+def row_ks(column: pd.Series, default_k: int, limits: ServeLimits) -> np.ndarray:
+    """Each row's ``k`` (``default_k`` where missing), checked like :func:`check_k`."""
+    missing = column.isna().to_numpy()
+    ks = np.full(len(column), default_k, dtype=np.int64)
+    values = column.to_numpy()
+    if values.dtype.kind in "iuf":
+        given = values[~missing]
+        whole = np.isfinite(given) & (np.floor(given) == given) if given.dtype.kind == "f" else (
+            np.ones(len(given), dtype=bool)
+        )  # fmt: skip
+        ok = whole & (given >= 1) & (given <= limits.max_k)
+        if not ok.all():
+            row = int(np.flatnonzero(~missing)[np.argmin(ok)])
+            raise _k_error(f"row {row}:", values[row], limits)
+        ks[~missing] = given.astype(np.int64)
+        return ks
+    for row in np.flatnonzero(~missing):
+        ks[row] = check_k(values[row], limits, f"row {row}:")
+    return ks
 
 
 def export_recommender(model, dataset, path: str | Path) -> Path:
@@ -63,7 +181,8 @@ class Recommender:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {it: i for i, it in enumerate(self.item_ids)}
 
-    def recommend(self, user_id: str, k: int = 10, exclude: list[str] | None = None) -> pd.DataFrame:
+    def recommend(self, user_id: str, k: int = DEFAULT_K, exclude: list[str] | None = None) -> pd.DataFrame:
+        """The top ``k`` items for ``user_id`` (fewer when fewer are left to recommend)."""
         user_id = str(user_id)
         u = self.user_index.get(user_id)
         if u is None:
@@ -76,7 +195,7 @@ class Recommender:
             i = self.item_index.get(str(item))
             if i is not None:
                 scores[i] = -np.inf
-        k = int(min(k, np.isfinite(scores).sum()))
+        k = int(max(0, min(k, np.isfinite(scores).sum())))
         top = np.argpartition(-scores, k - 1)[:k] if k else np.array([], dtype=int)
         top = top[np.lexsort((top, -scores[top]))]
         return pd.DataFrame(
@@ -91,34 +210,67 @@ class Recommender:
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
-    """The MLflow pyfunc wrapper of :class:`Recommender`."""
+    """The MLflow pyfunc wrapper of :class:`Recommender`; it checks every request first.
+
+    The limits are read when the model loads (``ALIGNREC_SERVE_MAX_K``,
+    ``ALIGNREC_SERVE_MAX_ROWS``); a bad value stops the load with an error naming it.
+    """
 
     def load_context(self, context) -> None:
+        self.limits = ServeLimits.from_env()
         self.rec = Recommender(context.artifacts["recommender"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        limits = getattr(self, "limits", None) or ServeLimits.from_env()
+        rows = len(model_input)
+        if rows > limits.max_rows:
+            raise BadRequest(
+                f"{rows} rows in one request: at most {limits.max_rows} ({MAX_ROWS_VAR})"
+            )
         if "user_id" not in model_input.columns:
-            raise ValueError("input needs a 'user_id' column")
-        default_k = int((params or {}).get("k", 10))
-        frames = []
-        for _, row in model_input.iterrows():
-            k = row.get("k", default_k)
-            k = default_k if k is None or (isinstance(k, float) and np.isnan(k)) else int(k)
-            exclude = row.get("exclude")
-            exclude = list(exclude) if isinstance(exclude, list | tuple | np.ndarray) else []
-            frames.append(self.rec.recommend(str(row["user_id"]), k, exclude))
+            raise BadRequest("the request has no user_id column")
+        users = model_input["user_id"]
+        if users.isna().any():
+            raise BadRequest(f"row {int(np.argmax(users.isna().to_numpy()))}: user_id is missing")
+        # The default k (the `k` parameter; MLflow fills in 10 when it is not given) is checked
+        # only when a row uses it, so a max_k below 10 serves requests that give k on each row.
+        given = model_input["k"] if "k" in model_input.columns else pd.Series([None] * rows)
+        default_k = DEFAULT_K
+        if given.isna().any():
+            param_k = (params or {}).get("k")
+            default_k = check_k(DEFAULT_K if param_k is None else param_k, limits)
+        ks = row_ks(given, default_k, limits)
+        excludes = (
+            model_input["exclude"].tolist() if "exclude" in model_input.columns else [None] * rows
+        )
+        frames = [
+            self.rec.recommend(
+                user,
+                int(k),
+                list(ex) if isinstance(ex, list | tuple | np.ndarray) else [],
+            )
+            for user, k, ex in zip(users.astype(str).tolist(), ks, excludes, strict=True)
+        ]
+        if not frames:
+            return self.rec.recommend("", 0)
         return pd.concat(frames, ignore_index=True)
 
 
 def signature():
     """The pyfunc's contract: a table of users (optional ``k`` and ``exclude`` per row) in,
-    one row per recommended item out, and a default ``k`` as a parameter."""
+    one row per recommended item out, and a default ``k`` as a parameter.
+
+    ``user_id`` is required by the model itself, and ``k`` typed ``Any``, so that the model,
+    not MLflow's schema check, judges them: MLflow refuses a missing column with a message that
+    echoes the whole request, and casts a ``long`` column holding a null (``k`` left out on one
+    row) to int64, which fails.
+    """
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([
-        ColSpec("string", "user_id"),
-        ColSpec("long", "k", required=False),
+        ColSpec("string", "user_id", required=False),
+        ColSpec(AnyType(), "k", required=False),
         ColSpec(Array("string"), "exclude", required=False),
     ])
     outputs = Schema([
@@ -128,7 +280,7 @@ def signature():
         ColSpec("double", "score"),
         ColSpec("string", "fallback"),
     ])
-    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", 10)]))
+    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", DEFAULT_K)]))
 
 
 def input_example(export_path: str | Path) -> pd.DataFrame:

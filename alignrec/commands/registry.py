@@ -92,7 +92,10 @@ def recommend_command(
     request = pd.DataFrame(
         {"user_id": users, "k": [k] * len(users), "exclude": [list(exclude or [])] * len(users)}
     )
-    table = pyfunc.predict(request)
+    try:
+        table = pyfunc.predict(request)
+    except MlflowException as exc:  # a request the model refuses (BadRequest): one line
+        raise ConfigError(exc.message) from exc
     columns = ["user_id", "rank", "item_id", "score", "fallback"]
     _print_table(
         [
@@ -155,6 +158,9 @@ def serve_command(
 ) -> None:
     """Serve MODEL over HTTP (POST /invocations) with `mlflow models serve`, from the
     project's MLflow store and this environment. Ctrl-C stops it.
+
+    ALIGNREC_SERVE_MAX_K (default 1000) and ALIGNREC_SERVE_MAX_ROWS (default 10,000) bound
+    what one request may ask for; a request beyond them gets HTTP 400.
     """
     import os
 

@@ -27,6 +27,7 @@ from tests.serving.conftest import train_items
 pytestmark = [pytest.mark.smoke, pytest.mark.slow]
 
 START_TIMEOUT_S = 180
+MAX_ROWS = 50  # the server's ALIGNREC_SERVE_MAX_ROWS
 
 
 def free_port() -> int:
@@ -76,7 +77,9 @@ def served(registered, tmp_path_factory):
         **os.environ,
         "MLFLOW_TRACKING_URI": registered.uri,
         "PATH": os.pathsep.join(path),
+        "ALIGNREC_SERVE_MAX_ROWS": str(MAX_ROWS),
     }
+    env.pop("ALIGNREC_SERVE_MAX_K", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
     stray = PROJECT_ROOT / "mlflow.db"
     stray_before = stray.exists()
@@ -127,3 +130,83 @@ def test_served_champion_answers_dataframe_split_requests(served, trained):
         base, {"dataframe_split": {"columns": ["user_id"], "data": [["2"]]}, "params": {"k": 3}}
     )
     assert len(default_k["predictions"]) == 3
+
+
+def post(base: str, payload: dict | str) -> tuple[int, str]:
+    """The status and body of POST /invocations, 4xx and 5xx included."""
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        data=data.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def strict_json(text: str):
+    """JSON as the standard has it: -Infinity, Infinity and NaN are errors."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def split(columns, data, params=None) -> str:
+    """A dataframe_split request as raw JSON (so 2**63 stays an integer literal)."""
+    body = json.dumps({"dataframe_split": {"columns": columns, "data": data}})
+    if params is not None:
+        body = body[:-1] + ', "params": ' + json.dumps(params) + "}"
+    return body
+
+
+BAD_REQUESTS = {
+    "k -1": (split(["user_id", "k"], [["3", -1]]), "row 0: k = -1: "),
+    "k -3": (split(["user_id", "k"], [["3", -3]]), "row 0: k = -3: "),
+    "k 0": (split(["user_id", "k"], [["3", 0]]), "row 0: k = 0: "),
+    "k -100": (split(["user_id", "k"], [["3", -100]]), "row 0: k = -100: "),
+    "k 2**63": (split(["user_id", "k"], [["3", 2**63]]), f"row 0: k = {2**63}: "),
+    "k 1001": (split(["user_id", "k"], [["3", 5], ["4", 1001]]), "row 1: k = 1001: "),
+    "k 2.5": (split(["user_id", "k"], [["3", 2.5]]), "row 0: k = 2.5: "),
+    "k text": (split(["user_id", "k"], [["3", "ten"]]), "row 0: k = 'ten': "),
+    "params k -5": (split(["user_id"], [["3"]], {"k": -5}), "params: k = -5: "),
+    "params k 2**63": (split(["user_id"], [["3"]], {"k": 2**63}), f"params: k = {2**63}: "),
+    "no user_id": (split(["user", "k"], [["3", 2]]), "the request has no user_id column"),
+    "too many rows": (
+        split(["user_id"], [[str(u)] for u in range(MAX_ROWS + 1)]),
+        f"{MAX_ROWS + 1} rows in one request: at most {MAX_ROWS} (ALIGNREC_SERVE_MAX_ROWS)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_a_bad_request_gets_400_with_a_one_line_reason(served, case):
+    payload, reason = BAD_REQUESTS[case]
+    status, text = post(served, payload)
+    assert status == 400, text
+    body = strict_json(text)
+    assert set(body) <= {"error_code", "message", "sqlstate", "error_class"}, body  # no stack_trace
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert body["message"].startswith(reason) and "\n" not in body["message"], body["message"]
+    assert "Traceback" not in text and "site-packages" not in text
+
+
+def test_missing_k_means_the_default_and_no_score_is_infinite(served, trained):
+    status, text = post(served, split(["user_id", "k"], [["3", 2], ["4", None]], {"k": 3}))
+    assert status == 200, text
+    rows = strict_json(text)["predictions"]
+    assert [r["user_id"] for r in rows] == ["3"] * 2 + ["4"] * 3
+    # k beyond the candidates: every item not seen in training, each once, finite scores
+    status, text = post(served, split(["user_id", "k"], [["3", 1000], ["nobody", 1000]]))
+    assert status == 200, text
+    rows = strict_json(text)["predictions"]
+    mine = [r["item_id"] for r in rows if r["user_id"] == "3"]
+    seen = train_items(trained.dataset, "3")
+    assert len(mine) == len(set(mine)) == trained.dataset.n_items - len(seen)
+    assert not set(mine) & seen
+    assert len([r for r in rows if r["user_id"] == "nobody"]) == trained.dataset.n_items
