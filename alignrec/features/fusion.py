@@ -93,6 +93,15 @@ class FusionConfig:
             transformer features is dominated by their common direction.
         normalize_output: L2-normalise the output features (the protocols use
             cosine, so this only matters to consumers that use dot products).
+        readout: ``"fused"`` returns the fused vector alone; ``"residual"`` (default)
+            returns ``[raw_weight * p_m for each modality m, fused_weight * f]``, where
+            ``p_m`` is the modality's L2-normalised pooled input vector (mean over tokens
+            or patches) minus its mean over the pretraining items (``raw:concat``, centred),
+            and ``f`` the centred, L2-normalised fused vector. An item lacking a modality gets the
+            reconstruction head's prediction of ``p_m`` from what it has. The feature
+            therefore keeps everything the raw vectors carry, and adds the fused view.
+        raw_weight: weight of the pooled modality vectors in the residual readout.
+        fused_weight: weight of the fused vector in the residual readout.
 
     Objectives:
         text_target: ``"ids"`` (cross-entropy over the MiniLM vocabulary) or
@@ -101,6 +110,9 @@ class FusionConfig:
         image_target: ``"codes"`` (cross-entropy over a k-means codebook of patch
             features) or ``"features"`` (cosine regression of the frozen patch features).
         image_mask_ratio: fraction of image patches masked in the fused pass.
+        image_mask_block: patches are masked in square blocks of up to this side
+            (BEiT's block-wise masking), so a masked patch cannot be read off its
+            neighbours; 1 masks single patches at random.
         codebook_size: number of k-means codes (visual tokens).
         codebook_sample: patches sampled to fit the codebook (MiniBatchKMeans).
         codebook_dims: PCA dimensions the patch features are reduced to before k-means.
@@ -109,6 +121,10 @@ class FusionConfig:
         vector_mask_ratio: per item, the probability of masking each precomputed vector
             token in the fused pass; masked vectors are regressed (cosine) from the rest.
         mvm_weight: weight of that masked vector term.
+        recon_weight: weight of the modality reconstruction term: from the pooled fused
+            state, predict each modality's centred pooled vector (cosine). A modality
+            removed from the item by ``modality_dropout`` must be predicted from the
+            others; that head also fills in a missing modality at readout.
         contrastive: add the image-text InfoNCE between text-only and image-only [CLS].
         fused_alignment: add the InfoNCE between the fused [CLS] and each unimodal [CLS]
             (needs ``contrastive``).
@@ -141,11 +157,15 @@ class FusionConfig:
     output: Literal["hidden", "projection"] = "hidden"
     center_output: bool = True
     normalize_output: bool = False
+    readout: Literal["fused", "residual"] = "residual"
+    raw_weight: float = 1.0
+    fused_weight: float = 1.0
 
     text_target: Literal["ids", "states"] = "states"
     text_mask_ratio: float = 0.15
     image_target: Literal["codes", "features"] = "features"
     image_mask_ratio: float = 0.4
+    image_mask_block: int = 3
     codebook_size: int = 256
     codebook_sample: int = 30000
     codebook_dims: int = 64
@@ -153,6 +173,7 @@ class FusionConfig:
     mim_weight: float = 1.0
     vector_mask_ratio: float = 0.3
     mvm_weight: float = 1.0
+    recon_weight: float = 1.0
     contrastive: bool = True
     fused_alignment: bool = True
     contrastive_weight: float = 1.0
@@ -181,6 +202,17 @@ class FusionConfig:
             (0.0 <= self.image_mask_ratio < 1.0, "image_mask_ratio must be in [0, 1)"),
             (0.0 <= self.modality_dropout < 1.0, "modality_dropout must be in [0, 1)"),
             (0.0 <= self.vector_mask_ratio < 1.0, "vector_mask_ratio must be in [0, 1)"),
+            (self.readout in ("fused", "residual"), "readout must be 'fused' or 'residual'"),
+            (
+                self.raw_weight >= 0 and self.fused_weight >= 0,
+                "raw_weight and fused_weight must be >= 0",
+            ),
+            (
+                self.readout == "fused" or self.raw_weight > 0 or self.fused_weight > 0,
+                "the residual readout needs raw_weight > 0 or fused_weight > 0",
+            ),
+            (self.image_mask_block >= 1, "image_mask_block must be >= 1"),
+            (self.recon_weight >= 0, "recon_weight must be >= 0"),
             (self.pooling in ("cls", "mean"), "pooling must be 'cls' or 'mean'"),
             (self.output in ("hidden", "projection"), "output must be 'hidden' or 'projection'"),
             (self.text_target in ("ids", "states"), "text_target must be 'ids' or 'states'"),
@@ -247,6 +279,14 @@ class ModalityLayout:
             n_patches,
             {k: int(v.shape[1]) for k, v in outputs.vectors.items()},
         )
+
+    def dim(self, modality: str) -> int:
+        """Width of a modality's pooled input vector."""
+        if modality == TEXT:
+            return self.text_dim
+        if modality == IMAGE:
+            return self.image_dim
+        return self.vectors[modality.removeprefix("vec:")]
 
     @property
     def modalities(self) -> list[str]:
@@ -470,6 +510,17 @@ class FusionEncoder(nn.Module):
                 for m in ["fused", *layout.modalities]
             }
         )
+        # Modality reconstruction: heads predicting each modality's centred pooled vector from
+        # the pooled fused state, and the pooled means that centre those vectors.
+        self.reconstructs = config.readout == "residual" or config.recon_weight > 0
+        if self.reconstructs:
+            for m in layout.modalities:
+                dim = layout.dim(m)
+                self.heads[f"rec_{_safe(m)}"] = _head(h, dim)
+                self.register_buffer(f"pool_mean_{_safe(m)}", torch.zeros(dim))
+                # Mean cosine of the head's prediction with the truth when the modality is
+                # removed (set after training): how far a filled-in modality is trusted.
+                self.register_buffer(f"recon_cos_{_safe(m)}", torch.zeros(()))
         # Mean output over the pretraining items, subtracted from every feature (center_output).
         out_dim = config.projection_dim if config.output == "projection" else h
         self.register_buffer("output_mean", torch.zeros(out_dim))
@@ -558,24 +609,96 @@ class FusionEncoder(nn.Module):
         return (states * w).sum(1) / w.sum(1).clamp_min(1.0)
 
     @property
-    def output_dim(self) -> int:
-        """Width of the item features :meth:`embed` returns."""
+    def fused_dim(self) -> int:
+        """Width of the fused vector (the whole feature with ``readout="fused"``)."""
         return (
             self.config.projection_dim
             if self.config.output == "projection"
             else self.config.hidden_size
         )
 
+    @property
+    def output_dim(self) -> int:
+        """Width of the item features :meth:`embed` returns."""
+        if self.config.readout == "fused":
+            return self.fused_dim
+        return self.fused_dim + sum(self.layout.dim(m) for m in self.layout.modalities)
+
+    def pool_mean(self, modality: str) -> torch.Tensor:
+        """Mean pooled vector of a modality over the pretraining items (a buffer)."""
+        return getattr(self, f"pool_mean_{_safe(modality)}")
+
+    def pooled_targets(self, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each modality's pooled input, centred and L2-normalised, with presence [B]."""
+        out = {}
+        for m, (vec, present) in pooled_inputs(batch).items():
+            if m in self.layout.modalities:
+                out[m] = (F.normalize(vec - self.pool_mean(m), dim=-1), present)
+        return out
+
+    def recon_cos(self, modality: str) -> torch.Tensor:
+        """Calibrated cosine of the reconstruction of ``modality`` (0 before calibration)."""
+        return getattr(self, f"recon_cos_{_safe(modality)}")
+
+    def reconstruct(self, pooled_state: torch.Tensor, modality: str) -> torch.Tensor:
+        """Predicted centred pooled vector of ``modality`` from pooled fused states."""
+        return self.heads[f"rec_{_safe(modality)}"](pooled_state)
+
+    @torch.no_grad()
+    def fused(self, batch: Batch) -> torch.Tensor:
+        """The un-centred fused vectors [B, fused_dim] of a batch (no masking)."""
+        states, attn, _ = self(batch)
+        pooled = self.pool(states, attn)
+        return self.proj["fused"](pooled) if self.config.output == "projection" else pooled
+
     @torch.no_grad()
     def embed(self, batch: Batch, *, centre: bool = True) -> torch.Tensor:
         """Output features [B, output_dim] of a batch (no masking, eval mode expected)."""
         states, attn, _ = self(batch)
-        z = self.pool(states, attn)
-        if self.config.output == "projection":
-            z = self.proj["fused"](z)
+        pooled = self.pool(states, attn)
+        z = self.proj["fused"](pooled) if self.config.output == "projection" else pooled
         if centre and self.config.center_output:
             z = z - self.output_mean
-        return F.normalize(z, dim=-1) if self.config.normalize_output else z
+        if self.config.readout == "fused":
+            return F.normalize(z, dim=-1) if self.config.normalize_output else z
+        parts = []
+        inputs = pooled_inputs(batch)
+        for m in self.layout.modalities:
+            # A missing modality: its prediction, at the expected norm of a centred unit
+            # vector (E|p - mean|^2 = 1 - |mean|^2) shrunk by the prediction's measured cosine
+            # with the truth (the least-squares scale of a unit predictor), so a poor
+            # prediction stays near the mean instead of adding noise.
+            mean = self.pool_mean(m)
+            scale = (1 - mean.square().sum()).clamp_min(0).sqrt() * self.recon_cos(m)
+            part = F.normalize(self.reconstruct(pooled, m), dim=-1) * scale
+            if m in inputs:
+                vec, present = inputs[m]
+                part = torch.where(present[:, None], vec - mean, part)
+            parts.append(self.config.raw_weight * part)
+        parts.append(self.config.fused_weight * F.normalize(z, dim=-1))
+        return torch.cat(parts, dim=-1)
+
+
+def _safe(modality: str) -> str:
+    return modality.replace(":", "_")
+
+
+def pooled_inputs(batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each modality's pooled input vector [B, D], L2-normalised, and presence [B].
+
+    Text: mean of the token states; image: mean of the patch features; a precomputed
+    vector as it is. These are the raw feature sets' vectors (:mod:`alignrec.features.sets`).
+    """
+    out = {}
+    if batch.text is not None and batch.text_mask is not None:
+        w = batch.text_mask.to(batch.text.dtype)[..., None]
+        vec = (batch.text * w).sum(1) / w.sum(1).clamp_min(1.0)
+        out[TEXT] = (F.normalize(vec, dim=-1), batch.text_mask.any(1))
+    if batch.image is not None and batch.image_mask is not None:
+        out[IMAGE] = (F.normalize(batch.image.mean(1), dim=-1), batch.image_mask)
+    for name, vec in batch.vectors.items():
+        out[f"vec:{name}"] = (F.normalize(vec, dim=-1), batch.vector_mask[name])
+    return out
 
 
 def _head(h: int, out: int) -> nn.Module:
@@ -688,7 +811,10 @@ def _train(outputs, config, logger, progress, on_epoch, device: torch.device) ->
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     layout = ModalityLayout.of(outputs)
-    model = FusionEncoder(config, layout).to(device)
+    model = FusionEncoder(config, layout)
+    if model.reconstructs:
+        set_pool_means(model, outputs)
+    model.to(device)
     book = fit_codebook(outputs, config)
     centres_t = tuple(torch.from_numpy(a).to(device) for a in book) if book is not None else None
     gen = torch.Generator().manual_seed(config.seed)
@@ -745,9 +871,59 @@ def _train(outputs, config, logger, progress, on_epoch, device: torch.device) ->
         log.info("fusion epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
     model.eval()
     if config.center_output:
-        raw = encode_items(model, outputs, centre=False)
-        model.output_mean.copy_(torch.from_numpy(raw.mean(0)))
+        sums = torch.zeros(model.fused_dim, dtype=torch.float64, device=device)
+        for start in range(0, n, 128):
+            idx = np.arange(start, min(start + 128, n))
+            batch = collate(outputs, idx, max_text_tokens=config.max_text_tokens).to(device)
+            sums += model.fused(batch).double().sum(0)
+        model.output_mean.copy_((sums / max(n, 1)).to(model.output_mean.dtype))
+    if model.reconstructs:
+        for m, (cos, _) in reconstruction_cosines(model, outputs).items():
+            model.recon_cos(m).fill_(max(0.0, cos))
     return TrainResult(model, history, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def reconstruction_cosines(
+    model: FusionEncoder, outputs: EncoderOutputs, items: np.ndarray | None = None
+) -> dict[str, tuple[float, int]]:
+    """Per modality, the mean cosine between the head's prediction of the centred pooled
+    vector, made with that modality removed, and the truth, over the items (default: all)
+    that have it and some other modality, with their count. Modalities never predictable
+    are left out."""
+    device = model.output_mean.device
+    items = np.arange(outputs.n_items) if items is None else np.asarray(items)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for start in range(0, len(items), 128):
+        idx = items[start : start + 128]
+        batch = collate(outputs, idx, max_text_tokens=model.config.max_text_tokens).to(device)
+        has = {m: batch.has(m) for m in model.layout.modalities}
+        for m, (target, present) in model.pooled_targets(batch).items():
+            others = [h for k, h in has.items() if k != m]
+            if not others:
+                continue
+            rows = present & torch.stack(others, 1).any(1)
+            if not rows.any():
+                continue
+            st, at, _ = model(batch.without({m: rows}))
+            pred = model.reconstruct(model.pool(st, at)[rows], m)
+            cos = F.cosine_similarity(pred, target[rows], dim=-1)
+            sums[m] = sums.get(m, 0.0) + float(cos.sum())
+            counts[m] = counts.get(m, 0) + int(rows.sum())
+    return {m: (sums[m] / counts[m], counts[m]) for m in sums}
+
+
+def set_pool_means(model: FusionEncoder, outputs: EncoderOutputs) -> None:
+    """Store each modality's mean pooled vector over the items that have it (the centre of
+    the reconstruction targets and of the residual readout)."""
+    from alignrec.features.sets import raw_part
+
+    for m in model.layout.modalities:
+        table = raw_part(outputs, m)
+        present = np.linalg.norm(table, axis=1) > 0
+        mean = table[present].mean(0) if present.any() else np.zeros(table.shape[1], np.float32)
+        model.pool_mean(m).copy_(torch.from_numpy(np.asarray(mean, np.float32)))
 
 
 def _epoch_batches(
@@ -786,6 +962,57 @@ def _random_mask(valid: torch.Tensor, ratio: float, gen: torch.Generator) -> tor
     return (rank < k) & valid
 
 
+def _block_mask(
+    has: torch.Tensor, n_patches: int, ratio: float, block: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Bool [B, P]: BEiT-style block-wise masking of a square patch grid.
+
+    Rectangles of sides 1..``block`` are masked at random positions until at least
+    ``ratio`` of an item's patches are masked; rows where ``has`` is False stay unmasked.
+    A grid that is not square, or ``block`` 1, falls back to independent patches.
+    """
+    side = int(round(math.sqrt(n_patches)))
+    if block <= 1 or side * side != n_patches:
+        return _random_mask(has[:, None].expand(len(has), n_patches), ratio, gen)
+    mask = np.zeros((len(has), side, side), bool)
+    if ratio > 0:
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+        target = max(1, math.ceil(ratio * n_patches))
+        for b in np.flatnonzero(has.cpu().numpy()):
+            while mask[b].sum() < target:
+                h, w = rng.integers(1, block + 1, size=2)
+                r, c = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+                mask[b, r : r + h, c : c + w] = True
+    return torch.from_numpy(mask.reshape(len(has), n_patches)).to(has.device)
+
+
+def draw_masks(
+    model: FusionEncoder, batch: Batch, gen: torch.Generator
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The text tokens and image patches masked in a fused pass (bool [B, Lt], [B, P]).
+
+    Text: ``text_mask_ratio`` of each item's tokens at random, MiniLM's [CLS] and [SEP]
+    kept visible. Image: block-wise, ``image_mask_ratio`` of the patches.
+    """
+    config = model.config
+    text_masked = image_masked = None
+    if batch.text is not None and model.layout.text_dim:
+        valid = batch.text_mask.clone()
+        lengths = valid.sum(1)
+        valid[:, 0] = False  # keep [CLS]/[SEP] of MiniLM visible
+        valid[torch.arange(batch.size, device=valid.device), (lengths - 1).clamp_min(0)] = False
+        text_masked = _random_mask(valid, config.text_mask_ratio, gen)
+    if batch.image is not None and model.layout.image_dim:
+        image_masked = _block_mask(
+            batch.image_mask,
+            batch.image.shape[1],
+            config.image_mask_ratio,
+            config.image_mask_block,
+            gen,
+        )
+    return text_masked, image_masked
+
+
 def _step_losses(
     model: FusionEncoder,
     batch: Batch,
@@ -809,16 +1036,7 @@ def _step_losses(
             drop[all_gone, keep[all_gone]] = False
         fused = batch.without({m: drop[:, j] for j, m in enumerate(mods)})
 
-    text_masked = image_masked = None
-    if fused.text is not None and model.layout.text_dim:
-        valid = fused.text_mask.clone()
-        lengths = valid.sum(1)
-        valid[:, 0] = False  # keep [CLS]/[SEP] of MiniLM visible
-        valid[torch.arange(b, device=valid.device), (lengths - 1).clamp_min(0)] = False
-        text_masked = _random_mask(valid, config.text_mask_ratio, gen)
-    if fused.image is not None and model.layout.image_dim:
-        valid = fused.image_mask[:, None].expand(b, fused.image.shape[1])
-        image_masked = _random_mask(valid, config.image_mask_ratio, gen)
+    text_masked, image_masked = draw_masks(model, fused, gen)
     vector_masked = (
         {
             name: (_uniform(b, gen, present.device) < config.vector_mask_ratio) & present
@@ -859,6 +1077,18 @@ def _step_losses(
                 terms.append((1 - F.cosine_similarity(pred, target, dim=-1)).mean())
         if terms and config.mvm_weight:
             losses["mvm"] = config.mvm_weight * torch.stack(terms).mean()
+
+    if config.recon_weight and model.reconstructs:
+        # From the pooled fused state, predict every modality's centred pooled vector: the
+        # ones modality dropout removed must come from the other modalities.
+        pooled = model.pool(states, attn)
+        terms = []
+        for m, (target, present) in model.pooled_targets(batch).items():
+            if bool(present.any()):
+                pred = model.reconstruct(pooled[present], m)
+                terms.append((1 - F.cosine_similarity(pred, target[present], dim=-1)).mean())
+        if terms:
+            losses["recon"] = config.recon_weight * torch.stack(terms).mean()
 
     if config.contrastive and len(mods) > 1:
         # Unimodal passes, unmasked: one [CLS] per modality, then InfoNCE between every pair of
@@ -944,7 +1174,7 @@ def save_fusion(model: FusionEncoder, folder: str | Path) -> Path:
     folder = Path(folder)
     with atomic_path(folder, is_dir=True) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
-        meta = {"config": model.config.to_dict(), "layout": asdict(model.layout), "format": 1}
+        meta = {"config": model.config.to_dict(), "layout": asdict(model.layout), "format": 2}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -956,7 +1186,10 @@ def load_fusion(folder: str | Path) -> FusionEncoder:
         meta = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{folder}: not a saved fusion encoder ({exc})") from exc
-    model = FusionEncoder(FusionConfig.from_dict(meta["config"]), ModalityLayout(**meta["layout"]))
+    values = dict(meta["config"])
+    if meta.get("format", 1) < 2:  # saved before the residual readout and reconstruction heads
+        values = {"readout": "fused", "recon_weight": 0.0, "image_mask_block": 1, **values}
+    model = FusionEncoder(FusionConfig.from_dict(values), ModalityLayout(**meta["layout"]))
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

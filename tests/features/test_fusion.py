@@ -10,6 +10,7 @@ from alignrec.errors import ConfigError, DataError
 from alignrec.features.cache import EncoderOutputs, ImagePatches, TextTokens
 from alignrec.features.fusion import (
     FusionConfig,
+    _block_mask,
     collate,
     encode_items,
     load_fusion,
@@ -63,7 +64,7 @@ def test_forward_with_missing_modalities_gives_finite_features():
     out = synthetic_outputs(vectors=True)
     res = pretrain_fusion(out, FusionConfig(**{**SMALL, "epochs": 0}))
     f = encode_items(res.model, out)
-    assert f.shape == (20, 32) and np.isfinite(f).all()
+    assert f.shape == (20, 384 + 64 + 5 + 32) and np.isfinite(f).all()
     # an item stripped of text and image keeps its feature from the audio vector alone
     none = np.zeros(20, bool)
     none[3] = True
@@ -88,7 +89,8 @@ def test_one_epoch_training_smoke_logs_losses():
     assert len(res.history) == 1
     steps = [m for m, _ in rec.calls if "train/loss" in m]
     assert len(steps) == 3  # 20 items / batch 8
-    assert {"train/mlm", "train/mim", "train/mvm", "train/itc", "train/align"} <= set(steps[0])
+    expected = {"train/mlm", "train/mim", "train/mvm", "train/itc", "train/align", "train/recon"}
+    assert expected <= set(steps[0])
     assert all(np.isfinite(m["train/loss"]) for m in steps)
     assert "epoch/loss" in rec.calls[-1][0]
 
@@ -165,10 +167,97 @@ def test_modality_mismatch_and_unknown_modality_are_data_errors():
 
 def test_centred_output_and_projection():
     out = synthetic_outputs()
-    cfg = FusionConfig(**{**SMALL, "output": "projection", "center_output": True})
+    cfg = FusionConfig(
+        **{**SMALL, "output": "projection", "center_output": True, "readout": "fused"}
+    )
     model = pretrain_fusion(out, cfg).model
     f = encode_items(model, out)
     assert f.shape == (20, 16)
     assert np.allclose(f.mean(0), 0, atol=1e-4)  # centred over the pretraining items
     raw = encode_items(model, out, centre=False)
     assert np.allclose(raw - model.output_mean.numpy(), f, atol=1e-5)
+
+
+def test_residual_readout_keeps_the_centred_raw_vectors():
+    """The residual readout is [text, image, vectors] pooled and centred, as raw:concat
+    centred by its mean, followed by the fused vector: it cannot lose what the raw vectors
+    carry. A missing modality is filled by the reconstruction head."""
+    from alignrec.features.sets import raw_part
+
+    out = synthetic_outputs(vectors=True)
+    model = pretrain_fusion(out, FusionConfig(**SMALL)).model
+    f = encode_items(model, out)
+    col = 0
+    for m in ("text", "image", "vec:audio"):
+        raw = raw_part(out, m)
+        have = np.linalg.norm(raw, axis=1) > 0
+        mean = raw[have].mean(0)
+        part = f[:, col : col + raw.shape[1]]
+        assert np.allclose(part[have], raw[have] - mean, atol=1e-3), m
+        # the missing ones (item 0 has no text, item 1 no image) are predictions, at the
+        # centred norm shrunk by the reconstruction's calibrated cosine
+        cos = float(model.recon_cos(m))
+        assert 0.0 <= cos <= 1.0
+        norm = np.sqrt(1 - mean @ mean) * cos
+        assert np.allclose(np.linalg.norm(part[~have], axis=1), norm, atol=1e-4)
+        col += raw.shape[1]
+    fused = f[:, col:]
+    assert fused.shape[1] == 32 and np.allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-5)
+    # weights scale the two parts
+    model.config.raw_weight, model.config.fused_weight = 0.5, 2.0
+    g = encode_items(model, out)
+    assert np.allclose(g[:, :col], 0.5 * f[:, :col], atol=1e-5)
+    assert np.allclose(g[:, col:], 2.0 * fused, atol=1e-5)
+
+
+def test_reconstruction_fills_a_removed_modality_from_the_others():
+    out = synthetic_outputs()
+    model = pretrain_fusion(out, FusionConfig(**{**SMALL, "epochs": 3})).model
+    drop = np.zeros(20, bool)
+    drop[5:10] = True
+    f = encode_items(model, out)
+    g = encode_items(model, out, drop={"image": drop})
+    text_cols = 384
+    image_cols = slice(text_cols, text_cols + 64)
+    assert not np.allclose(g[drop, image_cols], f[drop, image_cols])
+    assert np.allclose(g[~drop], f[~drop], atol=1e-5)
+    assert np.allclose(g[drop, :text_cols], f[drop, :text_cols], atol=1e-5)
+
+
+def test_block_masking_masks_blocks_of_the_grid_at_the_ratio():
+    gen = torch.Generator().manual_seed(0)
+    has = torch.tensor([True, True, False, True])
+    mask = _block_mask(has, 49, 0.4, 3, gen)
+    assert mask.shape == (4, 49) and not mask[2].any()
+    counts = mask.sum(1)
+    assert (counts[has] >= 20).all()  # ceil(0.4 * 49)
+    grid = mask.reshape(4, 7, 7)
+    # blocks: most masked patches have a masked 4-neighbour (random patches rarely do)
+    nb = torch.zeros_like(grid, dtype=torch.int64)
+    nb[:, 1:] += grid[:, :-1]
+    nb[:, :-1] += grid[:, 1:]
+    nb[:, :, 1:] += grid[:, :, :-1]
+    nb[:, :, :-1] += grid[:, :, 1:]
+    assert (nb[grid] > 0).float().mean() > 0.9
+    # block 1 falls back to independent patches at the same ratio
+    single = _block_mask(has, 49, 0.4, 1, torch.Generator().manual_seed(0))
+    assert (single.sum(1)[has] == 20).all()
+
+
+def test_models_saved_before_the_residual_readout_still_load(tmp_path):
+    """A format-1 folder (no reconstruction heads) loads as the fused readout it was."""
+    import json
+
+    out = synthetic_outputs()
+    cfg = FusionConfig(**{**SMALL, "readout": "fused", "recon_weight": 0.0})
+    model = pretrain_fusion(out, cfg).model
+    save_fusion(model, tmp_path / "old")
+    meta_file = tmp_path / "old" / "fusion_config.json"
+    meta = json.loads(meta_file.read_text())
+    for key in ("readout", "recon_weight", "raw_weight", "fused_weight", "image_mask_block"):
+        meta["config"].pop(key)
+    meta["format"] = 1
+    meta_file.write_text(json.dumps(meta))
+    again = load_fusion(tmp_path / "old")
+    assert again.config.readout == "fused"
+    assert np.allclose(encode_items(again, out), encode_items(model, out))
