@@ -64,6 +64,13 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         raise
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

@@ -47,3 +47,11 @@ def dataset_artifacts(name: str) -> Path:
 def dataset_tables(name: str) -> Path:
     """Folder of one dataset's canonical tables (replaced as a whole on each rebuild)."""
     return dataset_artifacts(name) / "tables"
+
+
+def results_root() -> Path:
+    """``results/`` in the project: small, committed records of finished runs and sweeps
+    (``ALIGNREC_RESULTS`` moves it)."""
+    import os
+
+    return Path(os.environ.get("ALIGNREC_RESULTS") or PROJECT_ROOT / "results")

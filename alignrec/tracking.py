@@ -123,6 +123,11 @@ class MLflowLogger:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set run tags (values as strings)."""
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 

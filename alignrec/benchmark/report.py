@@ -130,6 +130,45 @@ def _unit(p: float) -> float:
     return 1.0 if math.isnan(p) else min(max(p, 0.0), 1.0)
 
 
+def _patience_line(settings: dict[str, Any]) -> str:
+    """Which early-stopping patience every model ran with, and why that one."""
+    patience = settings.get("patience")
+    if patience is None:
+        return "Early stopping: each model's trainer default patience (see `alignrec/training/config.py`)."
+    why = (
+        "MMRec's `stopping_step` for every baseline; the AlignRec release uses 30 (`--set "
+        "patience=30` gives every model that)"
+        if patience == 20
+        else "set for this benchmark"
+    )
+    return (
+        f"Early stopping: one patience for every model, {patience} epochs without a gain in "
+        f"validation Recall@20 ({why})."
+    )
+
+
+def _choice_line(choice: dict[str, Any]) -> str:
+    """How AlignRec's features were chosen on validation (the stage-1 choice record)."""
+    scores = ", ".join(f"{s['name']} {s['score']:.4f}" for s in choice.get("scores", []))
+    return (
+        f"They are `{choice['chosen']}`, chosen on validation among the stage-1 output and "
+        f"the raw sets ({scores}; rule: {choice.get('rule', '')})."
+    )
+
+
+def read_choice(features: str | None) -> dict[str, Any] | None:
+    """The stage-1 choice record (``choice.json``) beside a features file, if any."""
+    if not features or not features.endswith(".npy"):
+        return None
+    file = Path(features).with_name("choice.json")
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_report(result: BenchmarkResult) -> dict[str, Any]:
     """The ``report.json`` object: per model figures, p-values, gains, skipped, timings."""
     models = {m: model_summary(r) for m, r in result.models.items()}
@@ -137,6 +176,8 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "dataset": result.dataset,
         "seeds": result.seeds,
         "alignrec_features": result.features,
+        "alignrec_features_choice": read_choice(result.features),
+        "patience": result.settings.get("patience"),
         "selection": "grid on seed 0, winner by valid recall@20; test scored once per run",
         "settings": dict(result.settings),
         "significance": f"test {TEST_METRIC} per user averaged over seeds; Wilcoxon signed-rank "
@@ -296,6 +337,10 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
     ]
     if result.features:
         parts += ["", f"AlignRec's item features: `{result.features}`."]
+        choice = report.get("alignrec_features_choice")
+        if choice:
+            parts += ["", _choice_line(choice)]
+    parts += ["", _patience_line(result.settings)]
     parts += ["", "## Grid winners (seed 0)", "", _grid_table(result, report)]
     pinned = [m for m, runs in result.models.items() if _pinned(runs.grid)]
     if pinned:

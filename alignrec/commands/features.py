@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -95,7 +96,14 @@ def evaluate_features(
 
 def pretrain_features(
     dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
-    out: Annotated[Path, typer.Option("--out", help="where to write the item features (.npy)")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="where to write the item features stage 2 reads (.npy): the stage-1 output, "
+            "or the raw set that beats it on validation (see --select)",
+        ),
+    ],
     model_dir: Annotated[
         Path | None, typer.Option(help="also save the fusion encoder here")
     ] = None,
@@ -108,6 +116,14 @@ def pretrain_features(
             "--set", help="override a FusionConfig field, KEY=VALUE (JSON value); repeatable"
         ),
     ] = None,
+    select: Annotated[
+        bool,
+        typer.Option(
+            help="compare the stage-1 features with every raw set on validation and write the "
+            "winner to --out (the stage-1 output always goes to OUT.stage1.npy); "
+            "--no-select writes the stage-1 output to --out"
+        ),
+    ] = True,
     cache_dir: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
     device: Annotated[
         str, typer.Option(help="torch device of the encoders and the fusion training (or auto)")
@@ -117,38 +133,29 @@ def pretrain_features(
     """Stage 1: extract encoder outputs (cached), pretrain the fusion encoder, write features."""
     from alignrec.data import load_dataset
     from alignrec.env import torch_device
-    from alignrec.features.fusion import FusionConfig, save_fusion
+    from alignrec.features.fusion import save_fusion
     from alignrec.features.pipeline import pretrain_features as run
+    from alignrec.features.pretext import format_pretext
     from alignrec.io import write_json, write_npy
 
-    values: dict[str, Any] = {}
-    if config is not None:
-        try:
-            values.update(json.loads(Path(config).read_text()))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{config}: not a readable JSON object ({exc})") from exc
-    for item in set_ or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except ValueError:
-            values[key] = raw
-    cfg = FusionConfig.from_dict(values)
+    cfg = fusion_config(config, set_)
     torch_device(device)  # a device this machine lacks stops here, before any work
+    stage1_out = Path(out).with_suffix(".stage1.npy")
+    check_outputs(out, model_dir)
     t0 = time.perf_counter()
     ds = load_dataset(dataset)
-    res = run(ds, cache_dir, cfg, progress=progress, device=device)
-    write_npy(out, res.features)
+    res = run(ds, cache_dir, cfg, progress=progress, device=device, choose=select)
+    write_npy(out, res.stage2_features if select else res.features)
+    if select:
+        write_npy(stage1_out, res.features)
     summary = {
         "dataset": dataset,
         "features": str(out),
+        "stage1_features": str(stage1_out if select else out),
         "shape": list(res.features.shape),
         "config": cfg.to_dict(),
         "device": device,
-        "extraction_seconds": res.extraction_seconds,
-        "training_seconds": res.train.seconds,
+        **res.summary(),
         "total_seconds": time.perf_counter() - t0,
         "history": res.train.history,
     }
@@ -156,7 +163,152 @@ def pretrain_features(
     if model_dir is not None:
         save_fusion(res.train.model, model_dir)
         typer.echo(f"fusion encoder: {model_dir}")
+    typer.echo("pretext check (masked targets: the model against interpolation):")
+    typer.echo(format_pretext(res.pretext))
+    if res.choice is not None:
+        typer.echo(res.choice.summary())
     typer.echo(
-        f"features {res.features.shape} -> {out} (extraction {sum(res.extraction_seconds.values()):.1f}s,"
-        f" training {res.train.seconds:.1f}s)"
+        f"features {res.features.shape} -> {stage1_out if select else out} "
+        f"(extraction {sum(res.extraction_seconds.values()):.1f}s, "
+        f"training {res.train.seconds:.1f}s)"
     )
+    if select:
+        typer.echo(f"stage 2 features ({res.choice.chosen}) -> {out}")
+
+
+def fusion_config(config: Path | None, sets: list[str] | None):
+    """A FusionConfig from a JSON file and KEY=VALUE overrides (JSON values)."""
+    from alignrec.features.fusion import FusionConfig
+
+    values: dict[str, Any] = {}
+    if config is not None:
+        try:
+            values.update(json.loads(Path(config).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{config}: not a readable JSON object ({exc})") from exc
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except ValueError:
+            values[key] = raw
+    return FusionConfig.from_dict(values)
+
+
+def check_outputs(out: Path, model_dir: Path | None) -> None:
+    """Refuse, before any work, outputs that would overwrite each other or cannot be written:
+    the encoder folder replaces itself whole, so it may not hold or sit inside --out."""
+    out = Path(out).resolve()
+    if model_dir is not None:
+        folder = Path(model_dir).resolve()
+        if folder == out or folder in out.parents or out in folder.parents:
+            raise ConfigError(
+                f"--model-dir {model_dir} and --out {out} overlap: the encoder folder is "
+                "replaced whole when it is written; give them separate places"
+            )
+    for target in [out, *([Path(model_dir).resolve()] if model_dir is not None else [])]:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+        if not os.access(target.parent, os.W_OK):
+            raise ConfigError(f"cannot write {target}: {target.parent} is not writable")
+
+
+def pretext_check_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
+    model_dir: Annotated[Path, typer.Option(help="a saved fusion encoder (pretrain-features)")],
+    items: Annotated[int, typer.Option(help="items sampled for the check")] = 1024,
+    seed: Annotated[int, typer.Option(help="seed of the sample and the masks")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+) -> None:
+    """Score a fusion encoder's masked predictions against neighbour interpolation.
+
+    Exits 1 when some target does not beat interpolation (the model is flagged)."""
+    from alignrec.data import load_dataset
+    from alignrec.features.cache import extract
+    from alignrec.features.fusion import load_fusion
+    from alignrec.features.pipeline import default_cache_dir
+    from alignrec.features.pretext import flagged, format_pretext, pretext_check
+
+    model = load_fusion(model_dir)
+    ds = load_dataset(dataset)
+    outputs = extract(ds, cache_dir or default_cache_dir(ds.name), progress=False)
+    scores = pretext_check(model, outputs, seed=seed, max_items=items)
+    typer.echo(format_pretext(scores))
+    bad = flagged(scores)
+    if bad:
+        typer.echo(f"flagged: the model does not beat interpolation on {', '.join(bad)}")
+        raise typer.Exit(1)
+
+
+def stage1_sweep_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="folder of the sweep's records (default results/stage1-sweep/NAME)"),
+    ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="run only these sweep points; repeatable")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="JSON object of base FusionConfig fields")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="base FusionConfig field, KEY=VALUE")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    device: Annotated[str, typer.Option(help="torch device of the fusion training")] = "cpu",
+) -> None:
+    """Sweep the documented stage-1 settings; score each on validation (never test).
+
+    Each point is trained once and read at several fused-readout weights; finished points
+    are reused, so the same command resumes. Writes OUT/<point>.json and OUT/sweep.md."""
+    from alignrec.data import load_dataset
+    from alignrec.data.readers import read_labels
+    from alignrec.data.registry import get_spec
+    from alignrec.features.cache import extract
+    from alignrec.features.pipeline import default_cache_dir
+    from alignrec.features.selection import (
+        RULE,
+        SWEEP,
+        best_setting,
+        raw_candidates,
+        run_sweep,
+        score_on_validation,
+        sweep_table,
+    )
+    from alignrec.io import write_text
+    from alignrec.paths import results_root
+
+    base = fusion_config(config, set_).to_dict()
+    settings = SWEEP
+    if only:
+        unknown = sorted(set(only) - set(SWEEP))
+        if unknown:
+            raise ConfigError(f"unknown sweep point(s) {unknown}; known: {sorted(SWEEP)}")
+        settings = {k: v for k, v in SWEEP.items() if k in only}
+    out = out or results_root() / "stage1-sweep" / dataset
+    ds = load_dataset(dataset)
+    spec = get_spec(dataset)
+    labels = read_labels(spec, ds.items["item_id"])[1] if spec.labels is not None else None
+    outputs = extract(ds, cache_dir or default_cache_dir(ds.name), progress=True)
+
+    def report(point) -> None:
+        w, s = point.best()
+        typer.echo(f"{point.name}: best at fused weight {w}: zero-shot {s.zero_shot:.4f}, "
+                   f"item-CF {s.item_cf:.4f}, score {s.score:.4f} ({point.train_seconds:.0f} s)")
+
+    points = run_sweep(ds, outputs, base, out, settings=settings, labels=labels,
+                       device=device, on_point=report)
+    refs = [score_on_validation(ds, t, n, labels) for n, t in raw_candidates(outputs).items()]
+    winner, weight = best_setting(points)
+    table = sweep_table(points, refs)
+    text = (f"# Stage-1 sweep on {dataset}\n\nValidation only; rule: {RULE}.\n"
+            f"Command: `alignrec stage1-sweep --dataset {dataset}`.\n\n{table}\n\n"
+            f"Chosen: `{winner.name}` with `fused_weight: {weight}`.\n")
+    write_text(out / "sweep.md", text)
+    typer.echo(table)
+    typer.echo(f"chosen: {winner.name}, fused_weight {weight} -> {out / 'sweep.md'}")

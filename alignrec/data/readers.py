@@ -409,3 +409,37 @@ def read_feature(spec: DatasetSpec, modality: str, item_ids: pd.Series) -> tuple
         raise DataError(f"value {mat[r, c]} is not finite ({int((~finite).sum())} such values)",
                         file=path, row=int(r) + 1, field=f"column {int(c)}")
     return ids, mat.astype(np.float32, copy=False)
+
+
+def read_labels(spec: DatasetSpec, item_ids: pd.Series) -> tuple[list[str], np.ndarray]:
+    """The spec's item labels as int8 [n_items, n_labels], rows in ``item_ids`` order.
+
+    Repeated item ids keep their first row; an item without a row, or a value other
+    than 0 or 1, is an error naming the file, row and column.
+    """
+    lspec = spec.labels
+    if lspec is None:
+        raise DataError(f"dataset {spec.name!r} declares no item labels ('labels:' in its YAML)")
+    path = spec.file(lspec.path)
+    raw = read_table(path, sep=lspec.sep, header=lspec.header, encoding=lspec.encoding,
+                     required=[lspec.id_column, *lspec.columns])
+    ids = _check_ids(raw[lspec.id_column], path, str(lspec.id_column), spec.id_type)
+    first = ~ids.duplicated().to_numpy()
+    row_of = pd.Series(np.flatnonzero(first), index=ids[first].to_numpy())
+    wanted = item_ids.astype(str).to_numpy()
+    missing = ~np.isin(wanted, row_of.index.to_numpy())
+    if missing.any():
+        raise DataError(f"no label row for item id {wanted[missing][0]!r} "
+                        f"({int(missing.sum())} items lack one)", file=path,
+                        field=str(lspec.id_column))
+    rows = row_of.loc[wanted].to_numpy()
+    out = np.zeros((len(wanted), len(lspec.columns)), np.int8)
+    for j, col in enumerate(lspec.columns):
+        values = raw[col].astype(str).str.strip().to_numpy()[rows]
+        bad = ~np.isin(values, ["0", "1"])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"label value {values[i]!r} is not 0 or 1", file=path,
+                            row=int(rows[i]) + 1, field=str(col))
+        out[:, j] = values == "1"
+    return [str(c) for c in lspec.columns], out

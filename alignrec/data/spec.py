@@ -111,6 +111,21 @@ class FeatureSpec(_Strict):
     )
 
 
+class LabelsSpec(_Strict):
+    """Optional item labels (0/1 columns, e.g. genres) for the stage-1 linear probe.
+
+    Never used for training or for choosing stage 2's features by recommendation
+    metrics; only :func:`alignrec.features.selection.label_probe` reads them.
+    """
+
+    path: str
+    sep: str = ","
+    header: bool = True
+    encoding: str = "utf-8"
+    id_column: str | int = "item"
+    columns: list[str | int] = Field(min_length=1, description="the 0/1 label columns")
+
+
 class SplitSpec(_Strict):
     """Filtering and splitting (see docs: 5-core, then a per-user random 8:1:1 split)."""
 
@@ -140,6 +155,7 @@ class DatasetSpec(_Strict):
     items: ItemsSpec | None = None
     images: ImagesSpec | None = None
     features: dict[str, FeatureSpec] = Field(default_factory=dict)
+    labels: LabelsSpec | None = None
     split: SplitSpec = SplitSpec()
     synthetic: SyntheticSpec | None = None
     source: Path | None = Field(None, description="the YAML file this spec was read from")
@@ -204,6 +220,8 @@ def path_fields(spec: DatasetSpec) -> dict[str, Path]:
         fields["images.pattern"] = (
             fields["images.dir"] / spec.images.pattern.replace("{item}", "0")
         ).resolve()
+    if spec.labels is not None:
+        fields["labels.path"] = spec.file(spec.labels.path)
     for mod, f in spec.features.items():
         fields[f"features.{mod}.path"] = spec.file(f.path)
         if f.ids is not None:

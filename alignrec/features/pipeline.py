@@ -6,7 +6,7 @@ a ``.npy`` path, ``raw:text|image|concat|<precomputed>``, or ``fusion:<saved mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ from alignrec.features.fusion import (
     load_fusion,
     pretrain_fusion,
 )
+from alignrec.features.pretext import PretextScore, flagged
+from alignrec.features.selection import Choice
 from alignrec.features.sets import FeatureSet, fusion_feature_set, load_table, raw_feature_set
 
 
@@ -36,19 +38,36 @@ class Stage1Result:
     """Output of :func:`pretrain_features`.
 
     Attributes:
-        features: float32 [n_items, hidden_size], row i = item i (see FusionConfig.pooling
-            and normalize_output for what the vector is).
+        features: float32 [n_items, D], row i = item i: the stage-1 encoder's output (see
+            FusionConfig.readout for what the vector is).
         train: the trained model, loss history and training seconds.
         outputs: the encoder outputs it was trained on (for mask-modality reruns).
+        pretext: the pretext-difficulty check of the trained model.
+        choice: which feature set stage 2 should read, chosen on validation
+            (:func:`alignrec.features.selection.choose_features`); None when not asked.
+        stage2_features: that set's table (``features`` when stage 1 wins).
     """
 
     features: np.ndarray
     train: TrainResult
     outputs: EncoderOutputs
+    pretext: list[PretextScore] = field(default_factory=list)
+    choice: Choice | None = None
+    stage2_features: np.ndarray | None = None
 
     @property
     def extraction_seconds(self) -> dict[str, float]:
         return dict(self.outputs.seconds)
+
+    def summary(self) -> dict:
+        """What a run record keeps: timings, pretext check, the choice for stage 2."""
+        return {
+            "extraction_seconds": self.extraction_seconds,
+            "training_seconds": self.train.seconds,
+            "pretext": [s.to_dict() for s in self.pretext],
+            "pretext_flagged": flagged(self.pretext),
+            "stage2_choice": self.choice.to_dict() if self.choice else None,
+        }
 
 
 def pretrain_features(
@@ -59,19 +78,34 @@ def pretrain_features(
     logger: MetricsLogger | None = None,
     progress: bool = True,
     device: str = "cpu",
+    choose: bool = True,
 ) -> Stage1Result:
     """Stage 1 (ICA) on one dataset: cached frozen encoders, then fusion pretraining.
 
-    Uses only item content (texts, images, precomputed vectors), never interactions.
-    ``device`` runs the frozen encoders and the fusion training (``auto``: a GPU if any).
+    Pretraining uses only item content (texts, images, precomputed vectors), never
+    interactions. Afterwards the pretext-difficulty check runs, and with ``choose`` the
+    stage-1 features compete with the raw sets on validation for stage 2
+    (:func:`alignrec.features.selection.choose_features`). ``device`` runs the frozen
+    encoders and the fusion training (``auto``: a GPU if any).
     """
     from alignrec.env import torch_device
+    from alignrec.features.pretext import pretext_check, pretext_metrics
+    from alignrec.features.selection import choose_features, raw_candidates
 
     device = torch_device(device)  # a ConfigError before any work
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(dataset.name)
     outputs = extract(dataset, cache_dir, progress=progress, device=device)
     result = pretrain_fusion(outputs, config, logger=logger, progress=progress, device=device)
-    return Stage1Result(encode_items(result.model, outputs), result, outputs)
+    features = encode_items(result.model, outputs)
+    pretext = pretext_check(result.model, outputs)
+    if logger is not None:
+        logger.log_metrics(pretext_metrics(pretext))
+    choice, table = None, None
+    if choose:
+        candidates = {"stage1": features, **raw_candidates(outputs)}
+        choice = choose_features(dataset, candidates)
+        table = candidates[choice.chosen]
+    return Stage1Result(features, result, outputs, pretext, choice, table)
 
 
 def resolve_features(

@@ -77,7 +77,10 @@ def parse_overrides(overrides: dict[str, str]) -> dict:
     partitions_def=dataset_partitions,
     kinds={"pytorch", "mlflow"},
     description="Stage 1 (ICA): a fusion transformer pretrained by masked text and image modelling "
-    "over the cached encoder outputs; its output is one multimodal feature per item.",
+    "and modality reconstruction over the cached encoder outputs; one multimodal feature per item. "
+    "A pretext-difficulty check scores its masked predictions against interpolation, and the "
+    "stage-1 features compete with the raw sets on validation for stage 2 (features.npy holds "
+    "the winner; the choice is in the metadata, the MLflow run and choice.json).",
 )
 def stage1_features(
     context: dg.AssetExecutionContext,
@@ -90,6 +93,8 @@ def stage1_features(
     from alignrec import io
     from alignrec.features.cache import extract
     from alignrec.features.fusion import FusionConfig, encode_items, pretrain_fusion, save_fusion
+    from alignrec.features.pretext import flagged, format_pretext, pretext_check, pretext_metrics
+    from alignrec.features.selection import choose_features, raw_candidates
     from alignrec.paths import dataset_artifacts
 
     if encoder_outputs.get("skipped"):
@@ -105,18 +110,37 @@ def stage1_features(
         lg.log_params({f"fusion.{k}": v for k, v in fusion_cfg.to_dict().items()})
         result = pretrain_fusion(outputs, fusion_cfg, logger=lg, progress=True, device=device)
         features = encode_items(result.model, outputs)
+        pretext = pretext_check(result.model, outputs)
+        bad = flagged(pretext)
+        lg.log_metrics(pretext_metrics(pretext))
+        lg.set_tags({"pretext_flagged": ", ".join(bad) or "none"})
+        if bad:
+            context.log.warning("stage 1 does not beat interpolation on %s", ", ".join(bad))
+        candidates = {"stage1": features, **raw_candidates(outputs)}
+        choice = choose_features(ds, candidates)
+        context.log.info(choice.summary())
+        lg.set_tags({"stage2_features": choice.chosen})
+        lg.log_metrics({f"select/{s.name.replace(':', '_')}/score": s.score for s in choice.scores})
         save_fusion(result.model, folder / "encoder")
-        io.write_npy(folder / "features.npy", features)
+        io.write_npy(folder / "stage1.npy", features)
+        io.write_json(folder / "choice.json", {**choice.to_dict(),
+                                               "pretext": [p.to_dict() for p in pretext]})
+        io.write_npy(folder / "features.npy", candidates[choice.chosen])
         io.write_json(folder / "history.json", result.history)
         lg.log_metrics({"time/pretrain_seconds": result.seconds})
         lg.log_artifact(folder / "history.json")
+        lg.log_artifact(folder / "choice.json")
         run_id = lg.run_id
     from alignrec.serving import log_fusion_encoder
 
-    log_fusion_encoder(folder / "encoder", folder / "features.npy", run_id, tracking_uri=mlflow.uri())
+    log_fusion_encoder(folder / "encoder", folder / "stage1.npy", run_id, tracking_uri=mlflow.uri())
     context.add_output_metadata(
         {
             "shape": str(features.shape),
+            "stage2_features": choice.chosen,
+            "choice": dg.MetadataValue.md(choice_table(choice)),
+            "pretext_check": dg.MetadataValue.md(f"```\n{format_pretext(pretext)}\n```"),
+            "pretext_flagged": ", ".join(bad) or "none",
             "pretrain_seconds": dg.MetadataValue.float(result.seconds),
             "final_loss": dg.MetadataValue.float(float(result.history[-1].get("epoch/loss", float("nan"))))
             if result.history else dg.MetadataValue.float(float("nan")),
@@ -124,8 +148,18 @@ def stage1_features(
             "folder": dg.MetadataValue.path(str(folder)),
         }
     )
-    return {"name": ds.name, "features": str(folder / "features.npy"), "encoder": str(folder / "encoder"),
-            "items": ds.n_items, "mlflow_run_id": run_id}
+    return {"name": ds.name, "features": str(folder / "features.npy"),
+            "stage1": str(folder / "stage1.npy"), "encoder": str(folder / "encoder"),
+            "stage2_features": choice.chosen, "items": ds.n_items, "mlflow_run_id": run_id}
+
+
+def choice_table(choice) -> str:
+    """The validation scores of stage 2's candidate feature sets, as markdown."""
+    lines = ["| features | zero-shot R@20 | item-CF R@20 | score |", "|---|---|---|---|"]
+    for s in choice.scores:
+        name = f"**{s.name}** (stage 2 reads it)" if s.name == choice.chosen else s.name
+        lines.append(f"| {name} | {s.zero_shot:.4f} | {s.item_cf:.4f} | {s.score:.4f} |")
+    return "\n".join(lines) + f"\n\nRule: {choice.rule}."
 
 
 @dg.asset_check(asset=stage1_features, blocking=True, partitions_def=dataset_partitions,

@@ -98,6 +98,9 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
     r10 = report["models"]["alignrec"]["test_recall_at_10_mean"]
     assert f"| **alignrec** | {r10:.4f} ± " in md  # two seeds: mean ± std
     assert "`patience=20`" in md
+    assert report["patience"] == 20
+    assert "Early stopping: one patience for every model, 20 epochs" in md
+    assert "the AlignRec release uses 30" in md
     assert "scipy.stats.wilcoxon" in md and "## Grid winners" in md
     for name in [*(f"{key(m)}.png" for m in METRICS), "valid_curves.png"]:
         assert (bench.plots / name).read_bytes()[:8] == PNG
@@ -467,3 +470,22 @@ def test_a_grid_search_stops_at_a_signal(monkeypatch):
     monkeypatch.setattr(grid_mod, "train", signalled)
     g = grid_mod.grid_search("bpr", clustered(0), {"reg_weight": [1e-3, 1e-5]}, FAST)
     assert g.interrupted and len(calls) == 1 and g.valid_scores[0] is not None
+
+
+def test_the_report_states_how_alignrecs_features_were_chosen(tmp_path):
+    from alignrec.benchmark.report import _choice_line, read_choice
+
+    features = tmp_path / "stage1" / "features.npy"
+    features.parent.mkdir()
+    features.write_bytes(b"")
+    assert read_choice(str(features)) is None
+    choice = {
+        "chosen": "raw:text",
+        "rule": "mean of validation Recall@20 under zero-shot and item-CF",
+        "scores": [{"name": "stage1", "score": 0.1}, {"name": "raw:text", "score": 0.2}],
+    }
+    (features.parent / "choice.json").write_text(json.dumps(choice))
+    assert read_choice(str(features)) == choice
+    line = _choice_line(choice)
+    assert "`raw:text`, chosen on validation" in line and "stage1 0.1000" in line
+    assert read_choice("raw:concat") is None  # a named set has no record

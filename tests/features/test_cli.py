@@ -173,10 +173,23 @@ def test_pretrain_features_end_to_end(synthetic_spec, tmp_path):
         args += ["--set", kv]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    feats = np.load(out)
-    assert feats.shape == (_n_items(synthetic_spec), 16) and np.isfinite(feats).all()
+    n = _n_items(synthetic_spec)
+    stage1 = np.load(out.with_suffix(".stage1.npy"))
+    # the residual readout: text 384, image 1280, the 16-d vector, then the fused 16
+    assert stage1.shape == (n, 384 + 1280 + 16 + 16) and np.isfinite(stage1).all()
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["config"]["epochs"] == 1 and len(summary["history"]) == 1
+    # --out holds what stage 2 reads: the candidate the validation rule chose, stated
+    choice = summary["stage2_choice"]
+    names = [s["name"] for s in choice["scores"]]
+    assert names[0] == "stage1" and "raw:concat" in names and choice["chosen"] in names
+    assert f"stage 2 reads {choice['chosen']}" in res.output
+    feats = np.load(out)
+    assert feats.shape[0] == n and np.isfinite(feats).all()
+    if choice["chosen"] == "stage1":
+        assert np.array_equal(feats, stage1)
+    assert {"mim", "mlm"} <= {p["target"] for p in summary["pretext"]}
+    assert "pretext check" in res.output and "interp." in res.output
     res = runner.invoke(
         app,
         [
@@ -195,3 +208,21 @@ def test_pretrain_features_end_to_end(synthetic_spec, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "relative_loss" in json.loads((tmp_path / "m.json").read_text())
+
+
+@pytest.mark.parametrize("where", ["parent", "same"])
+def test_pretrain_features_refuses_overlapping_outputs(synthetic_spec, tmp_path, where):
+    """--model-dir replaces its folder whole: it may not hold --out (the features were lost)."""
+    folder = tmp_path / "stage1"
+    out = folder / "features.npy" if where == "parent" else folder
+    args = ["pretrain-features", "--dataset", synthetic_spec, "--out", str(out)]
+    res = runner.invoke(app, [*args, "--model-dir", str(folder)])
+    assert isinstance(res.exception, ConfigError) and "overlap" in str(res.exception)
+    assert not folder.exists()
+
+
+def test_pretrain_features_unwritable_out_is_one_line(synthetic_spec):
+    res = runner.invoke(
+        app, ["pretrain-features", "--dataset", synthetic_spec, "--out", "/proc/nope/f.npy"]
+    )
+    assert isinstance(res.exception, ConfigError) and "cannot write" in str(res.exception)

@@ -65,6 +65,21 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
 
     enc = mlflow.pyfunc.load_model(f"runs:/{stage1['mlflow_run_id']}/encoder")
     assert enc.predict(pd.DataFrame({"item": [0, 3]})).shape[0] == 2
-    assert "epoch/loss" in client.get_run(stage1["mlflow_run_id"]).data.metrics
+    s1_run = client.get_run(stage1["mlflow_run_id"])
+    assert "epoch/loss" in s1_run.data.metrics
+    # The pretext check and the choice of stage 2's features are never silent: MLflow,
+    # the asset's metadata and choice.json all state them.
+    assert "pretext/mim/model" in s1_run.data.metrics and "pretext/flagged" in s1_run.data.metrics
+    assert s1_run.data.tags["pretext_flagged"]
+    assert s1_run.data.tags["stage2_features"] == stage1["stage2_features"]
+    meta = result.asset_materializations_for_node("stage1_features")[0].metadata
+    assert meta["stage2_features"].value == stage1["stage2_features"]
+    assert "Rule: mean of validation Recall@20" in meta["choice"].value
+    assert "interp." in meta["pretext_check"].value
+    import json
+    from pathlib import Path
+
+    choice = json.loads(Path(stage1["features"]).with_name("choice.json").read_text())
+    assert choice["chosen"] == stage1["stage2_features"]
     versions = client.search_model_versions("name='alignrec-synthetic'")
     assert [v.run_id for v in versions] == [ar["mlflow_run_id"]]
