@@ -95,6 +95,7 @@ app.command("bench-graph")(_bench_graph_cmds.bench_graph_command)
 from alignrec.commands import benchmark as _benchmark_cmds  # noqa: E402
 
 app.command("benchmark")(_benchmark_cmds.benchmark_command)
+app.command("compare-features")(_benchmark_cmds.compare_features_command)
 
 # Model registry and serving (alignrec.commands.registry).
 from alignrec.commands import registry as _registry_cmds  # noqa: E402

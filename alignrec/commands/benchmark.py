@@ -110,3 +110,57 @@ def benchmark_command(
     typer.echo(f"wrote {result.report_md} ({result.wall_seconds:.1f}s)")
     if tracking is not None:
         typer.echo(f"MLflow: experiment benchmark-{result.dataset}, summary run {tracking.run_id}")
+
+
+def compare_features_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
+    features: Annotated[
+        list[str],
+        typer.Option(
+            "--features",
+            help="a feature set (.npy, raw:concat, fusion:<folder> ...); repeat it: every set "
+            "is compared with the first",
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="the model trained on each set")] = "alignrec",
+    seeds: Annotated[int, typer.Option(help="seeds per feature set")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="default results/feature-ablation/DATASET"),
+    ] = None,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads (0: torch's default)")] = 0,
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="config key=value for every run (repeatable)"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+) -> None:
+    """Train one model on several feature sets over seeds; test metrics and paired tests.
+
+    Runs are cached in OUT/<set>/runs (a rerun resumes); OUT/comparison.md and .json hold
+    the table. The configs are fixed (no grid): test is read once per run."""
+    from alignrec.benchmark.ablation import compare_features, comparison_json, comparison_table
+    from alignrec.errors import ConfigError
+    from alignrec.io import write_json, write_text
+    from alignrec.paths import results_root
+    from alignrec.training import parse_assignments
+
+    if len(features) < 2:
+        raise ConfigError("--features: give at least two feature sets to compare")
+    out = out or results_root() / "feature-ablation" / dataset
+    overrides = {"patience": 30, **parse_assignments(sets)}
+    rows = compare_features(dataset, features, out, model=model, seeds=seeds,
+                            overrides=overrides, threads=threads or None, device=device,
+                            progress=progress)
+    table = comparison_table(rows)
+    settings = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    write_text(out / "comparison.md",
+               f"# {model} on {dataset}: feature sets compared over {seeds} seeds\n\n"
+               f"Settings: {settings}, no grid. p-values: each user's test Recall@20 averaged "
+               f"over seeds, paired with the first feature set's (Wilcoxon signed-rank and "
+               f"paired t-test, two-sided).\n\n{table}\n")
+    write_json(out / "comparison.json", {"model": model, "dataset": dataset, "seeds": seeds,
+                                         "settings": overrides, "rows": comparison_json(rows)})
+    typer.echo(table)
+    typer.echo(f"wrote {out / 'comparison.md'}")

@@ -135,7 +135,10 @@ class FusionConfig:
             modality from the fused pass (an item always keeps one).
 
     Optimisation:
-        epochs: passes over the items.
+        epochs: passes over the items (at least; see ``min_steps``).
+        min_steps: train at least this many optimiser steps, adding epochs on a small
+            catalogue (1,349 movielens items are 22 steps an epoch; 18,357 Sports items
+            287); 0 trains ``epochs`` exactly.
         batch_size: items per step.
         lr: peak AdamW learning rate (linear warm-up, cosine decay).
         weight_decay: AdamW weight decay.
@@ -182,6 +185,7 @@ class FusionConfig:
     modality_dropout: float = 0.3
 
     epochs: int = 10
+    min_steps: int = 0
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -222,6 +226,7 @@ class FusionConfig:
             ),
             (self.codebook_size >= 2, "codebook_size must be >= 2"),
             (self.epochs >= 0 and self.batch_size >= 2, "epochs >= 0 and batch_size >= 2"),
+            (self.min_steps >= 0, "min_steps must be >= 0"),
             (self.temperature > 0, "temperature must be > 0"),
             (1 <= self.max_text_tokens <= 512, "max_text_tokens must be in [1, 512]"),
         ]
@@ -242,6 +247,14 @@ class FusionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def epochs_for(self, n_items: int) -> int:
+        """Epochs trained on ``n_items`` items: ``epochs``, or more when that many epochs
+        would give fewer than ``min_steps`` optimiser steps (0 epochs stays 0)."""
+        if self.epochs == 0 or self.min_steps <= 0:
+            return self.epochs
+        steps_per_epoch = max(1, math.ceil(n_items / self.batch_size))
+        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
 
 
 @dataclass(frozen=True)
@@ -821,7 +834,8 @@ def _train(outputs, config, logger, progress, on_epoch, device: torch.device) ->
     rng = np.random.default_rng(config.seed)
     n = outputs.n_items
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
-    total = max(1, steps_per_epoch * config.epochs)
+    epochs = config.epochs_for(n)
+    total = max(1, steps_per_epoch * epochs)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warm = max(1, int(config.warmup_ratio * total))
 
@@ -835,7 +849,7 @@ def _train(outputs, config, logger, progress, on_epoch, device: torch.device) ->
     step = 0
     from tqdm.auto import tqdm
 
-    for epoch in tqdm(range(config.epochs), desc="fusion", disable=not progress, leave=False):
+    for epoch in tqdm(range(epochs), desc="fusion", disable=not progress, leave=False):
         model.train()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}

@@ -261,3 +261,12 @@ def test_models_saved_before_the_residual_readout_still_load(tmp_path):
     again = load_fusion(tmp_path / "old")
     assert again.config.readout == "fused"
     assert np.allclose(encode_items(again, out), encode_items(model, out))
+
+
+def test_min_steps_adds_epochs_on_a_small_catalogue():
+    cfg = FusionConfig(**{**SMALL, "epochs": 2, "min_steps": 10})
+    assert cfg.epochs_for(20) == 4  # 3 steps an epoch: 4 epochs reach 10 steps
+    assert cfg.epochs_for(1000) == 2  # 125 steps an epoch: epochs decide
+    assert FusionConfig(**{**SMALL, "epochs": 0, "min_steps": 10}).epochs_for(20) == 0
+    res = pretrain_fusion(synthetic_outputs(), cfg)
+    assert len(res.history) == 4
