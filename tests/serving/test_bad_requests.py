@@ -115,3 +115,27 @@ def test_the_reason_survives_the_scoring_servers_rewrite():
     exc.message = "Failed to predict data '   user_id\n0  3'. \nError: " + exc.message
     assert exc.message == "row 0: k = -1: a reason on two lines"
     assert json.loads(exc.serialize_as_json())["message"] == exc.message
+
+
+def test_a_large_request_is_scored_in_blocks_quickly(model):
+    """10,000 rows used to take about 5 s here (one user at a time, 0.5 ms each); scored in
+    blocks of users they take well under a tenth of that."""
+    import time
+
+    frame = pd.DataFrame({"user_id": [str(u % 70) for u in range(10_000)], "k": [10] * 10_000})
+    model.predict(frame.head(10))  # warm-up
+    started = time.perf_counter()
+    out = model.predict(frame)
+    elapsed = time.perf_counter() - started
+    assert len(out) == 10 * 10_000 and elapsed < 1.5, f"{elapsed:.2f} s"
+
+
+def test_too_many_rows_are_refused_before_any_scoring(model, monkeypatch):
+    from alignrec.serving import Recommender
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("scored a request over the row limit")
+
+    monkeypatch.setattr(Recommender, "recommend_many", must_not_score)
+    frame = pd.DataFrame({"user_id": ["1"] * 10_001, "k": [-1] * 10_001})
+    assert refused(model, frame) == "10001 rows in one request: at most 10000 (ALIGNREC_SERVE_MAX_ROWS)"

@@ -116,3 +116,46 @@ def test_the_registered_model_carries_its_code(registered, tmp_path):
     assert count == "4" and "/code/alignrec/" in origin
     requirements = mlflow.pyfunc.get_model_dependencies(registered.champion)
     assert "alignrec" not in Path(requirements).read_text()
+
+
+def _one_by_one(rec: Recommender, user: str, k: int, exclude: list[str]) -> list[str]:
+    """The ranking as the model used to compute it, one user at a time in float64."""
+    u = rec.user_index.get(user)
+    if u is None:
+        scores = rec.popularity.astype(np.float64)
+    else:
+        scores = (rec.item_emb @ rec.user_emb[u]).astype(np.float64)
+        scores[rec.indices[rec.indptr[u] : rec.indptr[u + 1]]] = -np.inf
+    for item in exclude:
+        scores[rec.item_index[item]] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return [str(rec.item_ids[i]) for i in order if np.isfinite(scores[i])][:k]
+
+
+def test_batched_scoring_matches_one_user_at_a_time(trained, monkeypatch):
+    """Requests are scored in blocks of users (here 7 users per block, so one request spans
+    several blocks, with a different k on every row); each user's ranking is the one a
+    user-at-a-time pass gives, in request order, unknown users and excludes included."""
+    import alignrec.serving as serving
+
+    rec = Recommender(trained.out / EXPORT_FILE)
+    monkeypatch.setattr(serving, "BLOCK_SCORES", 7 * len(rec.item_ids))
+    rng = np.random.default_rng(0)
+    users = [str(u) for u in rng.integers(0, len(rec.user_ids), 40)] + ["nobody", "3", "3"]
+    ks = [int(k) for k in rng.integers(1, 60, len(users))]
+    excludes = [[str(i) for i in rng.choice(rec.item_ids, 2, replace=False)] for _ in users]
+    excludes[-1] = None
+    out = rec.recommend_many(users, ks, excludes)
+    assert list(out.columns) == ["user_id", "rank", "item_id", "score", "fallback"]
+    assert np.isfinite(out["score"]).all()
+    at = 0
+    for user, k, exclude in zip(users, ks, excludes, strict=True):
+        expected = _one_by_one(rec, user, k, exclude or [])
+        got = out.iloc[at : at + len(expected)]
+        assert list(got["user_id"]) == [user] * len(expected)
+        assert list(got["item_id"]) == expected and list(got["rank"]) == list(range(1, len(expected) + 1))
+        assert set(got["fallback"]) <= ({"popular"} if user == "nobody" else {""})
+        at += len(expected)
+    assert at == len(out)
+    empty = rec.recommend_many([], [])
+    assert list(empty.columns) == list(out.columns) and len(empty) == 0
