@@ -34,8 +34,18 @@ pipeline: data
 
 # The same pipeline through DVC (dvc.yaml, params.yaml's dataset): reruns only the stages whose
 # code, params or inputs changed. Each stage is a Dagster run; the stages' `python` is the venv's.
+# `make repro DATASET=NAME` (or DATASET in the environment) first sets params.yaml's dataset to
+# NAME, as `dvc exp run -S dataset=NAME` does (the new value stays in params.yaml), so DATASET
+# picks the dataset here as it does for `make pipeline`; without DATASET, params.yaml decides.
+# An unregistered NAME, or one without item content (build it with `make pipeline`), is refused
+# before params.yaml changes.
 repro: data
+ifeq ($(origin DATASET),file)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+else
+	@$(BIN)/python -m orchestration.repro_dataset '$(DATASET)'
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run -S 'dataset=$(DATASET)'
+endif
 
 test: data lint
 	$(BIN)/python -m pytest -q

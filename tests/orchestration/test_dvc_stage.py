@@ -292,3 +292,61 @@ def test_data_stage_materializes_on_synthetic(tmp_path, monkeypatch, capsys):
     assert main(["protocols", "--params", str(params)]) == 1
     err = capsys.readouterr().err
     assert "stored value is missing" in err and "dataset/synthetic" in err
+
+
+def _make_repro(*args: str, env: dict[str, str] | None = None, dry: bool = True):
+    """``make repro`` in the project, without its set-up and ``dvc pull`` prerequisites."""
+    import os
+    import subprocess
+
+    full_env = {k: v for k, v in os.environ.items() if k != "DATASET"}
+    return subprocess.run(
+        ["make", *(["-n"] if dry else []), "-o", ".venv/bin/.installed", "-o", "data", "repro", *args],
+        cwd=ROOT, env={**full_env, **(env or {})}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_make_repro_honours_dataset_like_make_pipeline():
+    """`make repro DATASET=x` used to run plain `dvc repro` on params.yaml's dataset, ignoring
+    x; it now sets params.yaml's dataset to x through `dvc exp run -S` (after checking x)."""
+    for res in (
+        _make_repro("DATASET=synthetic"),
+        _make_repro(env={"DATASET": "synthetic"}),
+    ):
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert lines[-2].endswith("python -m orchestration.repro_dataset 'synthetic'")
+        assert lines[-1].endswith(".venv/bin/dvc exp run -S 'dataset=synthetic'")
+    plain = _make_repro()
+    assert plain.returncode == 0 and plain.stdout.splitlines()[-1].endswith(".venv/bin/dvc repro")
+    assert "exp run" not in plain.stdout
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [("my-shop", "unknown dataset 'my-shop'"),
+     ("amazon-baby", "'amazon-baby' has no item content")],
+)  # fmt: skip
+def test_make_repro_refuses_a_dataset_it_cannot_build_before_touching_params(name, reason):
+    before = (ROOT / "params.yaml").read_bytes()
+    res = _make_repro(f"DATASET={name}", dry=False)
+    assert res.returncode != 0 and reason in res.stderr, res.stderr
+    assert "dvc exp run" not in res.stdout + res.stderr
+    assert (ROOT / "params.yaml").read_bytes() == before
+
+
+def test_setting_the_dataset_changes_only_that_line_of_params(tmp_path):
+    """What `dvc exp run -S dataset=NAME` (make repro DATASET=NAME) does to params.yaml."""
+    from dvc.utils.hydra import apply_overrides
+
+    text = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    apply_overrides(str(path), ["dataset=lastfm-2k"])
+    changed = [
+        (a, b)
+        for a, b in zip(text.splitlines(), path.read_text().splitlines(), strict=True)
+        if a != b
+    ]
+    assert len(changed) == 1 and changed[0][1].startswith("dataset: lastfm-2k")
+    assert load_params(path)["dataset"] == "lastfm-2k"
