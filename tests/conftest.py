@@ -22,6 +22,7 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     """Artifacts of each test go to a fresh folder, never the project's own."""
     home = tmp_path_factory.mktemp("alignrec_home")
     monkeypatch.setenv("ALIGNREC_HOME", str(home))
+    monkeypatch.setenv("ALIGNREC_RESULTS", str(home / "results"))  # never the committed results/
     return home
 
 

@@ -129,6 +129,13 @@ def pretrain_features(
         str, typer.Option(help="torch device of the encoders and the fusion training (or auto)")
     ] = "cpu",
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="keep a small record (timings, pretext check, the choice and its table) in "
+            "results/stage1/NAME/, the folder the README's tables are generated from"
+        ),
+    ] = True,
 ) -> None:
     """Stage 1: extract encoder outputs (cached), pretrain the fusion encoder, write features."""
     from alignrec.data import load_dataset
@@ -167,6 +174,9 @@ def pretrain_features(
     typer.echo(format_pretext(res.pretext))
     if res.choice is not None:
         typer.echo(res.choice.summary())
+    if record:
+        folder = record_stage1(dataset, cfg, res, device)
+        typer.echo(f"record: {folder}")
     typer.echo(
         f"features {res.features.shape} -> {stage1_out if select else out} "
         f"(extraction {sum(res.extraction_seconds.values()):.1f}s, "
@@ -174,6 +184,33 @@ def pretrain_features(
     )
     if select:
         typer.echo(f"stage 2 features ({res.choice.chosen}) -> {out}")
+
+
+def record_stage1(dataset: str, cfg, res, device: str) -> Path:
+    """Write ``results/stage1/<dataset>/pretrain.json`` and ``choice.md`` (small, committed)."""
+    from alignrec.features.pretext import format_pretext
+    from alignrec.io import write_json, write_text
+    from alignrec.paths import results_root
+
+    folder = results_root() / "stage1" / dataset
+    write_json(folder / "pretrain.json", {"dataset": dataset, "config": cfg.to_dict(),
+                                           "device": device, "shape": list(res.features.shape),
+                                           **res.summary()})
+    lines = [f"# Stage 1 on {dataset}", ""]
+    if res.choice is not None:
+        lines += ["| features | zero-shot valid R@20 | item-CF valid R@20 | score |",
+                  "|---|---|---|---|"]
+        for s in res.choice.scores:
+            name = f"**{s.name}** (stage 2 reads it)" if s.name == res.choice.chosen else s.name
+            lines.append(f"| {name} | {s.zero_shot:.4f} | {s.item_cf:.4f} | {s.score:.4f} |")
+        lines += ["", f"Rule: {res.choice.rule}."]
+    secs = sum(res.extraction_seconds.values())
+    lines += ["", f"Stage 1 took {res.train.seconds:.0f} s of fusion training after "
+              f"{secs:.0f} s of encoder extraction (0 when cached), on {device}.", "",
+              "Pretext check (masked targets, the model against interpolation):", "", "```",
+              format_pretext(res.pretext), "```"]
+    write_text(folder / "choice.md", "\n".join(lines) + "\n")
+    return folder
 
 
 def fusion_config(config: Path | None, sets: list[str] | None):

@@ -190,6 +190,14 @@ def test_pretrain_features_end_to_end(synthetic_spec, tmp_path):
         assert np.array_equal(feats, stage1)
     assert {"mim", "mlm"} <= {p["target"] for p in summary["pretext"]}
     assert "pretext check" in res.output and "interp." in res.output
+    # the small record the README's tables are generated from
+    from alignrec.paths import results_root
+
+    record = results_root() / "stage1" / synthetic_spec
+    saved = json.loads((record / "pretrain.json").read_text())
+    assert saved["stage2_choice"] == choice and "history" not in saved
+    assert "(stage 2 reads it)" in (record / "choice.md").read_text()
+    assert "results" in str(record) and str(record).startswith(str(tmp_path.parent.parent))
     res = runner.invoke(
         app,
         [
