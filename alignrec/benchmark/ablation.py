@@ -43,6 +43,14 @@ def _folder_name(features: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", features).strip("_") or "features"
 
 
+def split_label(value: str) -> tuple[str, str]:
+    """``"stage1=path.npy"`` -> ``("stage1", "path.npy")``; without a label, the set names itself."""
+    label, sep, spec = value.partition("=")
+    if sep and label and "/" not in label and ":" not in label:
+        return label, spec
+    return value, value
+
+
 def compare_features(
     dataset,
     feature_sets: list[str],
@@ -55,13 +63,16 @@ def compare_features(
     device: str = "cpu",
     progress: bool = False,
 ) -> list[FeatureRow]:
-    """Train ``model`` on every feature set and seed (cached under ``out/<set>/``)."""
+    """Train ``model`` on every feature set and seed (cached under ``out/<set>/``).
+
+    A set is given as ``.npy``/``raw:...``/``fusion:...``, or ``LABEL=SPEC`` to name it."""
     out = Path(out)
     rows: list[FeatureRow] = []
     runs = []
-    for fs in feature_sets:
+    for value in feature_sets:
+        fs, spec = split_label(value)
         result = run_benchmark(
-            dataset, [model], seeds=seeds, out=out / _folder_name(fs), features=fs,
+            dataset, [model], seeds=seeds, out=out / _folder_name(fs), features=spec,
             threads=threads, device=device, grids={}, progress=progress,
             overrides=overrides, write=False,
         )

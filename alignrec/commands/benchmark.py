@@ -118,8 +118,8 @@ def compare_features_command(
         list[str],
         typer.Option(
             "--features",
-            help="a feature set (.npy, raw:concat, fusion:<folder> ...); repeat it: every set "
-            "is compared with the first",
+            help="a feature set (.npy, raw:concat, fusion:<folder> ..., or LABEL=SET to name "
+            "it); repeat it: every set is compared with the first",
         ),
     ],
     model: Annotated[str, typer.Option(help="the model trained on each set")] = "alignrec",

@@ -21,14 +21,15 @@ def test_compare_features_trains_each_set_and_pairs_them(tmp_path, monkeypatch):
     ds = clustered(0)
     noise = np.random.default_rng(0).normal(size=ds.features["content"].shape).astype(np.float32)
     np.save(tmp_path / "noise.npy", noise)
-    sets = ["raw:content", str(tmp_path / "noise.npy")]
+    sets = ["raw:content", f"noise={tmp_path / 'noise.npy'}"]
     monkeypatch.setattr(
         "alignrec.commands.train.with_content_features",
         _content_features(ds, tmp_path),
         raising=True,
     )
     rows = compare_features(ds, sets, tmp_path / "out", seeds=2, overrides=FAST)
-    assert [r.features for r in rows] == sets
+    assert [r.features for r in rows] == ["raw:content", "noise"]
+    assert (tmp_path / "out" / "noise" / "runs").is_dir()
     assert rows[0].p_wilcoxon is None and 0.0 <= rows[1].p_wilcoxon <= 1.0
     for row in rows:
         assert len(row.per_seed["recall@20"]) == 2 and row.epochs == [2.0, 2.0]
