@@ -9,12 +9,19 @@ Writes into ``--out``:
 * ``history.json`` — per-epoch loss, learning rate, timings and valid metrics;
 * ``config.json`` — the resolved train and model configs;
 * ``model.pt`` — the best weights (state dict);
-* ``grid.json`` — with ``--grid``, every point's validation scores and the winner.
+* ``grid.json`` — with ``--grid``, every point's validation scores and the winner;
+* ``status.json`` — ``running`` (pid, host, start, epoch reached) while it trains, then
+  ``finished``, ``interrupted`` (a signal) or ``failed``;
+* ``checkpoint.pt`` (``checkpoint-g<i>.pt`` per grid point) while it trains, and after a
+  signal: the next run with the same config resumes from it
+  (:mod:`alignrec.training.checkpoint`); removed once the run has finished.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,7 +64,29 @@ def run_record(result, grid=None) -> dict[str, Any]:
     if grid is not None:
         record["selected_on"] = f"valid/{grid.metric}"
         record["grid_point"] = grid.points[grid.winner_index]
+    signum = grid.stop_signal if grid is not None and grid.interrupted else result.stop_signal
+    if signum:  # the run, or the search, was cut short: the next run resumes it
+        record["stop_signal"] = signal_name(signum)
     return record
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15; the number for a signal Python does not name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def exit_code(record: dict[str, Any]) -> int:
+    """The exit status of a run: 128 + the signal's number when a signal stopped it, else 0."""
+    name = record.get("stop_signal")
+    if not name:
+        return 0
+    try:
+        return 128 + int(signal.Signals[name])
+    except KeyError:
+        return 128 + int(name) if str(name).isdigit() else 1
 
 
 def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
@@ -95,6 +124,9 @@ def run_train(
     features: str | None = None,
     logger_factory: Any = None,
     export: bool = False,
+    resume: bool = True,
+    on_mismatch: str = "fresh",
+    say: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the registered ``dataset`` and write the run files into ``out``.
 
@@ -107,6 +139,16 @@ def run_train(
     the winner's logger's ``run_id``, when it has one, is returned as ``mlflow_run_id``.
     ``export`` also writes ``recommender.npz`` for serving (see :mod:`alignrec.serving`).
 
+    ``out`` keeps a checkpoint while the run trains and a ``status.json``. With ``resume``
+    a checkpoint left there by a run that died or was stopped by a signal is resumed from,
+    when it was written with the same configs, seed and data; one written with others is
+    discarded (``on_mismatch="fresh"``) or refused with a :class:`ConfigError`
+    (``"refuse"``, what ``alignrec train`` does). Without ``resume`` every checkpoint in
+    ``out`` is deleted first. A run still training into ``out`` (``status.json`` names a
+    live process on this host) is refused. ``say`` receives what is said about an earlier
+    run and resuming (default: logged). A run stopped by a signal has ``stop_signal`` in
+    its record and keeps its checkpoint.
+
     Started by ``torchrun`` with several processes, it trains data-parallel
     (:mod:`alignrec.training.distributed`); only rank 0 logs and writes ``out``.
     """
@@ -116,7 +158,8 @@ def run_train(
     try:
         record = _run_train(
             model, dataset, out, seed, sets, grids, device, threads, quiet or not group.is_main,
-            mlflow, experiment, features, logger_factory, export, group,
+            mlflow, experiment, features, logger_factory, export, group, resume, on_mismatch,
+            say,
         )
     finally:
         distributed.leave(created)
@@ -125,19 +168,19 @@ def run_train(
 
 def _run_train(
     model, dataset, out, seed, sets, grids, device, threads, quiet, mlflow, experiment, features,
-    logger_factory, export, group,
+    logger_factory, export, group, resume=True, on_mismatch="fresh", say=None,
 ) -> dict[str, Any]:
+    import logging
+
     import torch
 
-    from alignrec.data import load_dataset
-    from alignrec.training import (
-        ConsoleLogger,
-        NullLogger,
-        grid_search,
-        parse_assignments,
-        parse_grid,
-        resolve_configs,
-        train,
+    from alignrec.training import parse_assignments, parse_grid, resolve_configs
+    from alignrec.training.checkpoint import (
+        CHECKPOINT,
+        Checkpointing,
+        RunStatus,
+        checkpoint_files,
+        remove_checkpoints,
     )
 
     overrides: dict[str, Any] = parse_assignments(sets)
@@ -151,6 +194,62 @@ def _run_train(
                 resolve_configs(model, {**overrides, key: v})
     if threads:
         torch.set_num_threads(int(threads))
+    out = Path(out)
+    tell = say or logging.getLogger(__name__).warning
+    status = RunStatus(out) if group.is_main else None
+    if status is not None:
+        previous = status.check_previous()  # refuses while another run trains into out
+        left = checkpoint_files(out)
+        if previous:
+            if not resume:
+                tell(f"{previous}; starting afresh (--no-resume)")
+            elif left:
+                tell(f"{previous}; resuming")
+            else:
+                tell(f"{previous}; it left no checkpoint, so training starts afresh")
+        if left and not resume:
+            remove_checkpoints(out)
+        status.start(command="train", model=model, dataset=dataset, seed=seed)
+
+    def checkpointing(name: str = CHECKPOINT, **fields: Any) -> Checkpointing:
+        return Checkpointing(
+            out / name, resume=resume, on_mismatch=on_mismatch, status=status, say=tell,
+            status_fields=fields,
+        )
+
+    try:
+        record, result = _train_and_write(
+            model, dataset, out, seed, overrides, grid, device, mlflow, experiment, features,
+            logger_factory, export, group, checkpointing,
+        )
+    except BaseException as exc:
+        if status is not None:
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            status.finish(state, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if status is not None:
+        if record.get("stop_signal"):  # the checkpoint stays: the next run resumes from it
+            status.finish("interrupted", signal=record["stop_signal"], resumable=True)
+        else:
+            remove_checkpoints(out)
+            status.finish(
+                "finished",
+                stop_reason=record["stop_reason"],
+                best_epoch=record["best_epoch"],
+                epochs_run=record["epochs_run"],
+                resumed_from=result.resumed_from,
+            )
+    return record
+
+
+def _train_and_write(
+    model, dataset, out, seed, overrides, grid, device, mlflow, experiment, features,
+    logger_factory, export, group, checkpointing,
+):
+    """Load the data, train (or search the grid) and write ``out``; (record, result)."""
+    from alignrec.data import load_dataset
+    from alignrec.training import ConsoleLogger, NullLogger, grid_search, train
+
     with group.main_first():
         data = load_dataset(dataset)
         if features is not None:
@@ -177,7 +276,8 @@ def _run_train(
             return lg
 
         g = grid_search(
-            model, data, grid, overrides, seed=seed, device=device, logger_factory=factory
+            model, data, grid, overrides, seed=seed, device=device, logger_factory=factory,
+            checkpoints=lambda i: checkpointing(f"checkpoint-g{i}.pt", point=i),
         )
         result = g.best
         winner_logger = loggers[g.winner_index]
@@ -196,7 +296,8 @@ def _run_train(
     else:
         g = None
         lg = make_logger()
-        result = train(model, data, overrides, lg, seed=seed, device=device)
+        result = train(model, data, overrides, lg, seed=seed, device=device,
+                       checkpoint=checkpointing())
         record = write_run(out, result) if group.is_main else run_record(result)
         lg.log_artifact(Path(out) / "metrics.json")
         lg.log_artifact(Path(out) / "per_user.npz")
@@ -209,7 +310,7 @@ def _run_train(
         export_recommender(result.model, data, Path(out) / "recommender.npz")
     if features is not None:
         record["features"] = features
-    return record
+    return record, result
 
 
 def with_content_features(data, spec: str):
@@ -240,7 +341,7 @@ def format_record(record: dict[str, Any], ks: tuple[int, ...] = (10, 20)) -> str
     return "\n".join(lines)
 
 
-__all__ = ["format_record", "run_train", "write_run"]
+__all__ = ["exit_code", "format_record", "run_train", "write_run"]
 
 
 def train_command(
@@ -279,12 +380,35 @@ def train_command(
             "raw:concat, raw:<precomputed modality> or fusion:<saved fusion encoder folder>",
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="resume from the checkpoint a killed or stopped run left in --out (refused when "
+            "its config or data differ); --no-resume deletes it and trains from the start",
+        ),
+    ] = True,
 ) -> None:
-    """Train MODEL on a dataset; validate every epoch, test once at the best epoch."""
+    """Train MODEL on a dataset; validate every epoch, test once at the best epoch.
+
+    A run stopped by SIGINT/SIGTERM writes its best epoch's results and exits with 128 + the
+    signal's number (143 for SIGTERM); rerun the same command to resume it.
+    """
+    main = os.environ.get("RANK", "0") == "0"  # torchrun's other processes write nothing
     record = run_train(
         model, dataset, out, seed, sets, grids, device, threads or None, quiet, mlflow, experiment,
-        features=features,
+        features=features, resume=resume, on_mismatch="refuse",
+        say=(lambda line: typer.echo(line, err=True)) if main else None,
     )
-    if os.environ.get("RANK", "0") == "0":  # torchrun's other processes wrote nothing
+    if main:
         typer.echo(format_record(record))
         typer.echo(f"wrote {Path(out) / 'metrics.json'}")
+    code = exit_code(record)
+    if code:
+        if main:
+            typer.echo(
+                f"stopped by {record['stop_signal']} before the last epoch: the results are the "
+                f"best epoch's so far; rerun the same command to resume from {out}",
+                err=True,
+            )
+        raise typer.Exit(code)

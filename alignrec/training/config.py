@@ -36,6 +36,9 @@ class TrainConfig:
     ks: tuple[int, ...] = (5, 10, 20, 50)  # metric cut-offs
     quiet: bool = False  # hide the progress bar
     max_seconds: float = 0.0  # wall-time budget: stop after the epoch that exceeds it (0: none)
+    # with a checkpoint file (alignrec train, the benchmark): write one at the end of the first
+    # epoch this many seconds after the last (0: every epoch)
+    checkpoint_every_s: float = 300.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -47,6 +50,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "patience": self.patience >= 1,
             "max_seconds": self.max_seconds >= 0,
+            "checkpoint_every_s": self.checkpoint_every_s >= 0,
             "eval_batch_size": self.eval_batch_size >= 1,
             "ks": len(self.ks) > 0 and all(int(k) >= 1 for k in self.ks),
         }

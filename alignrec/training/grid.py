@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
+from alignrec.training.checkpoint import Checkpointing
 from alignrec.training.config import resolve_configs
 from alignrec.training.logger import MetricLogger
 from alignrec.training.trainer import TrainingError, TrainResult, evaluate_test_once, train
@@ -36,13 +38,27 @@ class GridResult:
     all_valid: list[dict[str, float] | None] = field(default_factory=list)
     interrupted: bool = False  # a signal stopped a point; the later points did not run
     seconds: list[float | None] = field(default_factory=list)  # each point's train_seconds
+    stop_signal: int | None = None  # the signal that stopped the search
 
     def table(self) -> list[dict[str, Any]]:
-        """One JSON-able row per point: overrides, valid metrics, error, whether it won."""
+        """One JSON-able row per point: overrides, valid metrics, error, whether it won.
+
+        Points a signal kept from running have no scores and the error ``not run``."""
         rows = []
-        for i, (p, s, e) in enumerate(
-            zip(self.points, self.valid_scores, self.errors, strict=True)
-        ):
+        for i, p in enumerate(self.points):
+            if i >= len(self.valid_scores):
+                rows.append(
+                    {
+                        "point": p,
+                        f"valid/{self.metric}": None,
+                        "valid": None,
+                        "error": "not run (the search was stopped by a signal)",
+                        "winner": False,
+                        "train_seconds": None,
+                    }
+                )
+                continue
+            s, e = self.valid_scores[i], self.errors[i]
             rows.append(
                 {
                     "point": p,
@@ -73,6 +89,7 @@ def grid_search(
     device: str | torch.device = "cpu",
     logger_factory: Any = None,
     evaluate_test: bool = True,
+    checkpoints: Callable[[int], Checkpointing | None] | None = None,
 ) -> GridResult:
     """Train every point of ``grid`` (over ``base`` overrides) and keep the best on validation.
 
@@ -81,6 +98,9 @@ def grid_search(
         base: overrides shared by all points.
         logger_factory: ``f(index, point) -> MetricLogger | None`` for per-point tracking.
         evaluate_test: score the winner on test (once). Off, the test split is never read.
+        checkpoints: ``f(index) -> Checkpointing`` for each point's checkpoint: a search
+            stopped midway resumes its current point, and a point that had finished is not
+            trained again (its finished checkpoint holds its best epoch).
     """
     if not grid:
         raise ConfigError("empty grid")
@@ -97,13 +117,20 @@ def grid_search(
     seconds: list[float | None] = []
     best: TrainResult | None = None
     winner = -1
-    interrupted = False
+    interrupted, stop_signal = False, None
     metric = resolve_configs(model_name, base)[0].valid_metric
     for i, point in enumerate(points):
         logger: MetricLogger | None = logger_factory(i, point) if logger_factory else None
         try:
             res = train(
-                model_name, dataset, {**base, **point}, logger, seed, device, evaluate_test=False
+                model_name,
+                dataset,
+                {**base, **point},
+                logger,
+                seed,
+                device,
+                evaluate_test=False,
+                checkpoint=checkpoints(i) if checkpoints is not None else None,
             )
         except TrainingError as exc:
             log.warning("grid point %s failed: %s", point, exc)
@@ -126,10 +153,12 @@ def grid_search(
             res.model = None  # type: ignore[assignment]
         if res.stop_reason == "signal":  # SIGINT/SIGTERM: stop the search, keep what ran
             log.warning("grid search stopped by a signal after point %d/%d", i + 1, len(points))
-            interrupted = True
+            interrupted, stop_signal = True, res.stop_signal
             break
     if best is None:
         raise TrainingError(f"every grid point failed: {errors}")
     if evaluate_test:
         evaluate_test_once(best, dataset, device)
-    return GridResult(points, scores, errors, winner, best, metric, valids, interrupted, seconds)
+    return GridResult(
+        points, scores, errors, winner, best, metric, valids, interrupted, seconds, stop_signal
+    )

@@ -24,6 +24,15 @@ from alignrec.errors import AlignRecError
 from alignrec.evaluation import EvalResult, Evaluator
 from alignrec.models import ModelConfig, RecModel, get_model_class
 from alignrec.training import distributed
+from alignrec.training.checkpoint import (
+    Checkpointing,
+    capture_rng,
+    data_digest,
+    eval_from_state,
+    eval_to_state,
+    restore_rng,
+    run_identity,
+)
 from alignrec.training.config import TrainConfig, config_to_dict, resolve_configs
 from alignrec.training.logger import MetricLogger, NullLogger
 from alignrec.training.sampler import NegativeSampler
@@ -55,8 +64,11 @@ class TrainResult:
         model: the model with its best weights restored.
         stopped_early: whether training ended before ``epochs``.
         stop_reason: why it ended: ``epochs``, ``patience``, ``time budget``
-            (``max_seconds``) or ``signal`` (SIGINT/SIGTERM: the run still restores its
-            best epoch and scores it, so a stopped run is not lost).
+            (``max_seconds``) or ``signal`` (SIGINT/SIGTERM before the last epoch: the run
+            still restores its best epoch and scores it, so a stopped run is not lost).
+        stop_signal: the signal's number when ``stop_reason`` is ``signal``.
+        resumed_from: the last epoch of the checkpoint this run resumed from (None: it
+            trained from the start).
     """
 
     model_name: str
@@ -76,6 +88,8 @@ class TrainResult:
     data_fingerprint: str | None = None
     processes: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    stop_signal: int | None = None
+    resumed_from: int | None = None
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able record written as ``metrics.json``."""
@@ -145,6 +159,7 @@ def train(
     *,
     model_config: ModelConfig | None = None,
     evaluate_test: bool = True,
+    checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
     """Train a registered model on ``dataset`` and score it.
 
@@ -160,6 +175,11 @@ def train(
         model_config: the model's config dataclass (defaults otherwise).
         evaluate_test: score the test split at the best epoch; grid search turns
             this off so that selection never touches the test split.
+        checkpoint: where to keep a checkpoint (see :mod:`alignrec.training.checkpoint`):
+            one compatible with this run is resumed from, a new one is written at the end
+            of an epoch every ``checkpoint_every_s`` seconds and when a signal stops the
+            run, and when the loop ends it holds the finished run (its best epoch), for
+            the caller to remove once the results are written.
     """
     if isinstance(config, TrainConfig) or config is None:
         train_cfg, model_cfg = resolve_configs(model_name, None, config, model_config)
@@ -195,11 +215,74 @@ def train(
     key = train_cfg.valid_metric
     best_score, best_epoch, best_valid, best_state = -math.inf, -1, None, None
     since_best, history, stop_reason = 0, [], "epochs"
-    t_start = t_said = time.perf_counter()
+    start_epoch, done_before, elapsed_before, resumed_from = 0, False, 0.0, None
+    identity = None
+    if checkpoint is not None:
+        identity = run_identity(
+            model_name,
+            seed,
+            config_to_dict(train_cfg),
+            config_to_dict(model_cfg),
+            data_digest(dataset, model_name, model_cfg),
+            group.world_size,
+            checkpoint.key,
+        )
+        saved = _load_checkpoint(checkpoint, identity, group)
+        if saved is not None:
+            best = saved["best"]
+            best_score, best_epoch, since_best = best["score"], best["epoch"], best["since"]
+            best_valid, best_state = eval_from_state(best["valid"]), best["state"]
+            history, elapsed_before = list(saved["history"]), float(saved["train_seconds"])
+            resumed_from = int(saved["epoch"])
+            if saved["done"]:
+                done_before, stop_reason = True, saved["stop_reason"]
+                start_epoch = train_cfg.epochs
+                if group.is_main:
+                    checkpoint.tell(
+                        f"{checkpoint.path}: the run had finished ({stop_reason}, best epoch "
+                        f"{best_epoch}); scoring its best epoch without training again"
+                    )
+            else:
+                model.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+                restore_rng(saved["rng"], sampler.generator)
+                start_epoch = resumed_from + 1
+                if group.is_main:
+                    checkpoint.tell(
+                        f"resuming from {checkpoint.path}: epochs 0-{resumed_from} done "
+                        f"(best {best_epoch}), training on from epoch {start_epoch}"
+                    )
+    t_said = t_saved = time.perf_counter()
+    t_start = t_said - elapsed_before  # a resumed run's time counts its earlier sessions
     desc = f"{model_name}/{dataset.name} seed {seed}"
     bar = _progress(train_cfg.epochs, train_cfg.quiet, desc)
+    bar.update(min(len(history), train_cfg.epochs))
+
+    def state_now(epoch: int, done: bool) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "done": done,
+            "epoch": epoch,
+            "stop_reason": stop_reason,
+            "best": {
+                "score": best_score,
+                "epoch": best_epoch,
+                "since": since_best,
+                "valid": eval_to_state(best_valid),
+                "state": best_state,
+            },
+            "history": history,
+            "train_seconds": time.perf_counter() - t_start,
+        }
+        if not done:  # what the next epochs depend on; a finished run needs its best epoch only
+            state["model"] = model.state_dict()
+            state["optimizer"] = optimizer.state_dict()
+            state["scheduler"] = scheduler.state_dict()
+            state["rng"] = capture_rng(sampler.generator, device)
+        return state
+
     with _StopRequests() as stop, contextlib.closing(bar):
-        for epoch in range(train_cfg.epochs):
+        for epoch in range(start_epoch, train_cfg.epochs):
             t0 = time.perf_counter()
             model.train()
             group.sync_rng()
@@ -264,12 +347,29 @@ def train(
                 stop_reason = "patience"
             elif train_cfg.max_seconds and time.perf_counter() - t_start > train_cfg.max_seconds:
                 stop_reason = "time budget"
-            elif stop.requested:
-                stop_reason = "signal"
-            stop_reason = group.agree(stop_reason)  # clocks and signals are per process
+            elif stop.requested and epoch + 1 < train_cfg.epochs:
+                stop_reason = "signal"  # a signal during the last epoch cuts nothing short
+            last = stop_reason != "epochs" or epoch + 1 == train_cfg.epochs
+            due = checkpoint is not None and (
+                stop_reason == "signal"
+                or (not last and time.perf_counter() - t_saved >= train_cfg.checkpoint_every_s)
+            )
+            # clocks and signals are per process: rank 0 decides for all
+            stop_reason, due = group.agree((stop_reason, due))
+            if checkpoint is not None and group.is_main:
+                if due:
+                    checkpoint.save(state_now(epoch, done=False), identity)
+                    t_saved = time.perf_counter()
+                    checkpoint.progress(epoch=epoch, checkpoint_epoch=epoch)
+                else:
+                    checkpoint.progress(epoch=epoch)
             if stop_reason != "epochs":
                 log.warning("%s: stopping after epoch %d (%s)", model_name, epoch, stop_reason)
                 break
+        finished = stop_reason != "signal" and history and not done_before
+        if checkpoint is not None and group.is_main and finished:
+            # the finished run (its best epoch), until the caller has written its files
+            checkpoint.save(state_now(len(history) - 1, done=True), identity)
     train_seconds = time.perf_counter() - t_start
 
     assert best_state is not None and best_valid is not None
@@ -299,7 +399,25 @@ def train(
         stop_reason=stop_reason,
         data_fingerprint=dataset.meta.get("fingerprint"),
         processes=group.world_size,
+        stop_signal=stop.signum if stop_reason == "signal" else None,
+        resumed_from=resumed_from,
     )
+
+
+def _load_checkpoint(
+    checkpoint: Checkpointing, identity: dict[str, Any], group: distributed.Group
+) -> dict[str, Any] | None:
+    """Rank 0 reads the checkpoint (or refuses it); every process gets the same answer."""
+    outcome: Any = None
+    if group.is_main:
+        try:
+            outcome = checkpoint.load(identity)
+        except AlignRecError as exc:
+            outcome = exc
+    outcome = group.agree(outcome)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 class _StopRequests:
@@ -313,6 +431,7 @@ class _StopRequests:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -321,7 +440,7 @@ class _StopRequests:
             if callable(previous):
                 previous(signum, frame)
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         log.warning("signal %d: finishing this epoch, then scoring the best one", signum)
 
     def __enter__(self) -> _StopRequests:
