@@ -9,6 +9,10 @@ plus ``benchmark.json``, written last, holding the run's cache key: a hash of th
 resolved configs (every grid point's for seed 0), the seed, and the data the model
 reads. A rerun reuses every run whose key still matches, so a benchmark killed
 midway resumes at the run where it stopped, and a changed grid or config reruns.
+Within a run, the run folder keeps a checkpoint (one per grid point) and a ``status.json``
+(:mod:`alignrec.training.checkpoint`): a run killed or stopped by a signal resumes from its
+last checkpoint, and a grid from its unfinished point. A checkpoint is resumed only under
+the run's key, so a changed config or data never resumes from a stale one.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ from alignrec.training import (
     resolve_configs,
     train,
 )
+from alignrec.training.checkpoint import (
+    CHECKPOINT,
+    Checkpointing,
+    RunStatus,
+    checkpoint_files,
+    remove_checkpoints,
+)
 
 log = logging.getLogger("alignrec.benchmark")
 
@@ -48,7 +59,7 @@ CONTENT_KEY = "content"  # the feature table AlignRec reads (AlignRecConfig.feat
 RUN_FILES = ("metrics.json", "per_user.npz", "history.json")
 STAMP = "benchmark.json"  # a finished run's cache key, written after its files
 # Train keys that change neither what is learned nor the scores.
-_NOT_IN_KEY = ("quiet", "eval_batch_size")
+_NOT_IN_KEY = ("quiet", "eval_batch_size", "checkpoint_every_s")
 
 # ``logger_factory(model, seed, tag)``: the metric logger of one training run (tag
 # ``g<i>`` for grid point i on seed 0, None otherwise), or None for no logging.
@@ -498,15 +509,31 @@ def _run_model(
         if record is None:
             (folder / STAMP).unlink(missing_ok=True)
             make = _bind(logger_factory, model, seed)
-            if seed == 0 and len(points) > 1:
-                record = _train_grid(model, data, runs.grid, base, device, folder, make)
-            else:
-                record = _train_once(
-                    model, data, {**base, **candidates[0]}, seed, device, folder, make
-                )
+            status = RunStatus(folder)
+            previous = status.check_previous()  # refuses while another process trains it
+            if previous:
+                resumable = "resuming" if checkpoint_files(folder) else "no checkpoint left"
+                log.warning("%s s%d: %s; %s", model, seed, previous, resumable)
+            status.start(command="benchmark", model=model, seed=seed, key=key)
+            checkpointing = _checkpointing(folder, key, status, f"{model} s{seed}")
+            try:
+                if seed == 0 and len(points) > 1:
+                    record = _train_grid(
+                        model, data, runs.grid, base, device, folder, make, checkpointing
+                    )
+                else:
+                    record = _train_once(
+                        model, data, {**base, **candidates[0]}, seed, device, folder, make,
+                        checkpointing,
+                    )
+            except BaseException as exc:
+                state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                status.finish(state, error=f"{type(exc).__name__}: {exc}")
+                raise
             if record.get("stop_reason") == "signal":
-                # Stopped by SIGINT/SIGTERM: the files stay for a look, but unstamped, so
-                # the next benchmark trains this run again; this one stops here.
+                # Stopped by SIGINT/SIGTERM: the files stay for a look, but unstamped, so the
+                # next benchmark resumes this run from its checkpoint; this one stops here.
+                status.finish("interrupted", signal=record.get("stop_signal"), resumable=True)
                 raise KeyboardInterrupt(f"{model} s{seed}: stopped by a signal ({folder})")
             io.write_json(
                 folder / STAMP,
@@ -517,12 +544,37 @@ def _run_model(
                     "point": candidates[0] if len(candidates) == 1 else None,
                 },
             )
+            remove_checkpoints(folder)
+            status.finish(
+                "finished",
+                stop_reason=record.get("stop_reason"),
+                best_epoch=record.get("best_epoch"),
+                epochs_run=record.get("epochs_run"),
+            )
         if seed == 0:
             runs.winner = dict(record.get("grid_point") or points[0])
         runs.records.append(record)
         runs.folders.append(folder)
         runs.reused.append(reused)
         on_run((model, record, reused))
+
+
+def _checkpointing(
+    folder: Path, key: str, status: RunStatus, name: str
+) -> Callable[..., Checkpointing]:
+    """``f(file, **status_fields)``: a checkpoint in ``folder`` resumed only under ``key``; one
+    written under another key (a changed config or data) is discarded, saying so."""
+
+    def say(line: str) -> None:
+        log.warning("%s: %s", name, line)
+
+    def make(file: str = CHECKPOINT, **fields: Any) -> Checkpointing:
+        return Checkpointing(
+            folder / file, key=key, on_mismatch="fresh", status=status, say=say,
+            status_fields=fields,
+        )
+
+    return make
 
 
 def _bind(factory: LoggerFactory | None, model: str, seed: int) -> Callable[[str | None], Any]:
@@ -546,12 +598,17 @@ def _log_test(logger: Any, result: Any, folder: Path) -> None:
     logger.log_artifact(folder / "per_user.npz")
 
 
-def _train_once(model, data, overrides, seed, device, folder, make_logger) -> dict[str, Any]:
+def _train_once(
+    model, data, overrides, seed, device, folder, make_logger, checkpointing=None
+) -> dict[str, Any]:
     """Train one configuration, then score its best epoch on test once."""
     lg = make_logger(None)
     ok = False
     try:
-        result = train(model, data, overrides, lg, seed=seed, device=device, evaluate_test=False)
+        result = train(
+            model, data, overrides, lg, seed=seed, device=device, evaluate_test=False,
+            checkpoint=checkpointing() if checkpointing is not None else None,
+        )
         evaluate_test_once(result, data, device)
         record = write_run(folder, result)
         _log_test(lg, result, folder)
@@ -561,7 +618,9 @@ def _train_once(model, data, overrides, seed, device, folder, make_logger) -> di
         _close(lg, ok)
 
 
-def _train_grid(model, data, grid, base, device, folder, make_logger) -> dict[str, Any]:
+def _train_grid(
+    model, data, grid, base, device, folder, make_logger, checkpointing=None
+) -> dict[str, Any]:
     """Search ``grid`` on seed 0 selecting on validation, then score the winner on test once."""
     loggers: list[Any] = []
 
@@ -581,6 +640,11 @@ def _train_grid(model, data, grid, base, device, folder, make_logger) -> dict[st
             device=device,
             logger_factory=factory,
             evaluate_test=False,
+            checkpoints=(
+                (lambda i: checkpointing(f"checkpoint-g{i}.pt", point=i))
+                if checkpointing is not None
+                else None
+            ),
         )
         evaluate_test_once(g.best, data, device)
         record = write_run(folder, g.best, g)
