@@ -162,7 +162,7 @@ class FusionConfig:
     normalize_output: bool = False
     readout: Literal["fused", "residual"] = "residual"
     raw_weight: float = 1.0
-    fused_weight: float = 1.0
+    fused_weight: float = 0.25
 
     text_target: Literal["ids", "states"] = "states"
     text_mask_ratio: float = 0.15
@@ -184,8 +184,8 @@ class FusionConfig:
     projection_dim: int = 128
     modality_dropout: float = 0.3
 
-    epochs: int = 10
-    min_steps: int = 0
+    epochs: int = 3
+    min_steps: int = 660
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01

@@ -162,6 +162,7 @@ def test_pretrain_features_end_to_end(synthetic_spec, tmp_path):
     ]
     for kv in (
         "epochs=1",
+        "min_steps=0",
         "hidden_size=16",
         "num_heads=2",
         "num_layers=1",

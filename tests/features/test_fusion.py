@@ -23,6 +23,7 @@ SMALL = dict(
     num_layers=1,
     num_heads=2,
     epochs=1,
+    min_steps=0,
     batch_size=8,
     codebook_size=8,
     codebook_sample=500,
@@ -185,7 +186,7 @@ def test_residual_readout_keeps_the_centred_raw_vectors():
     from alignrec.features.sets import raw_part
 
     out = synthetic_outputs(vectors=True)
-    model = pretrain_fusion(out, FusionConfig(**SMALL)).model
+    model = pretrain_fusion(out, FusionConfig(**{**SMALL, "fused_weight": 1.0})).model
     f = encode_items(model, out)
     col = 0
     for m in ("text", "image", "vec:audio"):

@@ -20,7 +20,7 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
             "lightgcn_model": {"config": fast},
             "alignrec_model": {"config": fast},
             "benchmark": {"config": {"models": ["bpr", "vbpr", "alignrec"], "seeds": 2, **fast}},
-            "stage1_features": {"config": {"overrides": {"epochs": "1", "num_layers": "1",
+            "stage1_features": {"config": {"overrides": {"epochs": "1", "min_steps": "0", "num_layers": "1",
                                                          "codebook_size": "8", "codebook_sample": "500"}}},
         }
     }
