@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data pipeline repro test test-fast lint ui serve clean-state
+.PHONY: setup setup-scale data pipeline repro test test-fast test-scale lint ui serve clean-state
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 setup: $(BIN)/.installed
 	mkdir -p $(DAGSTER_HOME) && ln -sfn $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# Scale-out packages (dagster-celery, dagster-postgres, redis, psycopg2) for CI and
+# deployments only, over the default install; --no-deps, see requirements-scale.lock.
+$(BIN)/.installed-scale: $(BIN)/.installed requirements-scale.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-scale.lock
+	touch $@
+
+setup-scale: setup $(BIN)/.installed-scale
 
 # Real datasets from the DVC remote (../shared/dvc-store by default); only data.dvc, as the
 # pipeline's outputs in dvc.lock are rebuilt by `make repro`, not pulled.
@@ -52,6 +60,11 @@ test: data lint
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not smoke"
+
+# The scale-out tests alone (tests/scale): Redis, PostgreSQL, Celery workers, an MLflow server
+# and multi-node torchrun on loopback. Needs `apt-get install redis-server postgresql`.
+test-scale: setup-scale
+	$(BIN)/python -m pytest -q -m scale
 
 lint: setup
 	$(BIN)/ruff check alignrec orchestration tests scripts benchmarks
