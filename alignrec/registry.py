@@ -15,15 +15,26 @@ champion stays until it is promoted by hand. Serving loads
 ``models:/alignrec-<dataset>@champion``, so rolling back is pointing ``champion`` at an
 earlier version (:func:`promote`).
 
+Gating reads the champion, compares, then moves the alias. Two processes doing that at the
+same moment (two workers registering versions of one model through a tracking server) could
+both read the same champion and the worse version could land last, so every alias change
+runs under :func:`gating_lock`, a lock the registry itself holds.
+
 mlflow is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import random
+import socket
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,10 @@ DEFAULT_METRIC = "valid_recall_at_20"
 DATA_TAG = "data_fingerprint"
 HEADLINE = ("recall@20", "ndcg@20")
 UNKNOWN = "unknown"
+LOCK_SUFFIX = ".gating-lock"
+LOCK_STALE_SECONDS = 120.0  # a lock older than this was left by a process that died holding it
+LOCK_WAIT_SECONDS = 600.0
+_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 
 
 def data_version(dvc_file: str | Path | None = None) -> str:
@@ -114,6 +129,55 @@ def registry_client(tracking_uri: str | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@contextlib.contextmanager
+def gating_lock(
+    client, name: str, wait: float = LOCK_WAIT_SECONDS, stale: float = LOCK_STALE_SECONDS
+) -> Iterator[None]:
+    """Hold the lock on ``name``'s aliases for the block, across processes and machines.
+
+    The lock is a registered model named ``<name>.gating-lock``: whoever creates it holds
+    the lock, and deletes it on leaving. The store refuses a second model of the same name
+    (a unique key in its database, through a tracking server too), so exactly one creator
+    succeeds; the others retry with a growing, jittered pause for up to ``wait`` seconds.
+    A lock older than ``stale`` seconds (its holder died inside the block, which takes well
+    under a second) is broken. Waiting longer than ``wait`` raises a :class:`ConfigError`
+    naming the lock.
+    """
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={"holder": holder},
+                description=f"alignrec: lock on the aliases of {name} while they change",
+            )  # fmt: skip
+            break
+        except MlflowException as exc:
+            if exc.error_code not in _EXISTS:
+                raise
+        with contextlib.suppress(MlflowException):  # gone in between: just retry
+            held = client.get_registered_model(lock)
+            if time.time() - held.creation_timestamp / 1000 > stale:
+                client.delete_registered_model(lock)
+                continue
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the registry lock {lock!r} was held for over {wait:.0f} s; if no process "
+                "is registering a version, delete that registered model"
+            )
+        time.sleep(pause * random.uniform(1, 2))
+        pause = min(pause * 2, 0.25)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock)
+
+
 def register_version(
     client,
     name: str,
@@ -123,18 +187,26 @@ def register_version(
     model_id: str | None = None,
 ) -> str:
     """Register ``model_uri`` as a new version of ``name`` (created when missing) with
-    ``tags``, make it the ``challenger`` and return its version number."""
+    ``tags``, make it the ``challenger`` and return its version number.
+
+    The store numbers versions itself, so concurrent registrations each get their own.
+    The ``challenger`` alias moves under :func:`gating_lock`, and only forward: when a
+    newer version registered at the same moment already holds it, it stays there.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+        if exc.error_code not in _EXISTS:
             raise
     mv = client.create_model_version(
         name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
     )
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    with gating_lock(client, name):
+        current = client.get_registered_model(name).aliases.get(CHALLENGER)
+        if current is None or int(current) < int(mv.version):
+            client.set_registered_model_alias(name, CHALLENGER, mv.version)
     return str(mv.version)
 
 
@@ -205,8 +277,15 @@ def promote_if_better(
     version) is kept: there is no evidence to replace it on. So is a champion trained on
     other data (both carry ``data_fingerprint`` tags and they differ): the two validation
     scores come from different splits and say nothing about which model is better.
+
+    The read, the comparison and the alias change run under :func:`gating_lock`, so
+    versions gated at the same moment are decided one after the other, as if in sequence.
     """
-    version = str(version)
+    with gating_lock(client, name):
+        return _promote_if_better(client, name, str(version), metric)
+
+
+def _promote_if_better(client, name: str, version: str, metric: str) -> PromotionDecision:
     challenger_tags = client.get_model_version(name, version).tags
     challenger_value = _tag_number(challenger_tags, metric)
     challenger_data = challenger_tags.get(DATA_TAG)
@@ -281,12 +360,14 @@ def promote(client, name: str, version: str | int) -> str | None:
     from mlflow.exceptions import MlflowException
 
     version = str(version)
-    try:
-        previous = get_registered(client, name).aliases.get(CHAMPION)
-        client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise ConfigError(f"{name} has no version {version}") from exc
-    client.set_registered_model_alias(name, CHAMPION, version)
+    get_registered(client, name)
+    with gating_lock(client, name):
+        try:
+            previous = client.get_registered_model(name).aliases.get(CHAMPION)
+            client.get_model_version(name, version)
+        except MlflowException as exc:
+            raise ConfigError(f"{name} has no version {version}") from exc
+        client.set_registered_model_alias(name, CHAMPION, version)
     return str(previous) if previous is not None else None
 
 

@@ -38,12 +38,17 @@ def default_artifact_root(root: str | Path | None = None) -> Path:
     return (base / "artifacts").resolve()
 
 
-def _artifact_root_beside(tracking_uri: str) -> Path:
+def _artifact_root_beside(tracking_uri: str) -> Path | None:
     """``artifacts/`` beside a SQLite store's file (``mlruns/artifacts`` for the default
-    store), so that a store elsewhere keeps its artifacts with it; else the default."""
+    store), so that a store elsewhere keeps its artifacts with it; ``None`` for a tracking
+    server (``http(s)://``), which chooses where its experiments' artifacts go (its
+    ``--artifacts-destination``, uploaded through it): a folder on this machine would be
+    out of reach of every other machine; else the default."""
     prefix = "sqlite:///"
     if tracking_uri.startswith(prefix):
         return (Path(tracking_uri[len(prefix) :]).parent / "artifacts").resolve()
+    if tracking_uri.split("://", 1)[0].lower() in ("http", "https"):
+        return None
     return default_artifact_root()
 
 
@@ -76,10 +81,12 @@ class MLflowLogger:
                 if artifact_root is not None
                 else _artifact_root_beside(self.tracking_uri)
             )
-            location = (root / experiment).resolve()
-            location.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location.as_uri()
+            location = None
+            if root is not None:
+                location = (root / experiment).resolve()
+                location.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self._create_experiment(
+                experiment, location.as_uri() if location is not None else None
             )
         else:
             self.experiment_id = exp.experiment_id
@@ -93,6 +100,21 @@ class MLflowLogger:
 
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
+    def _create_experiment(self, name: str, location: str | None) -> str:
+        """Create ``name``; when another process (a parallel step, a Celery worker) created
+        it first, use theirs."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     @classmethod
     def attach(cls, run_id: str, tracking_uri: str | None = None) -> MLflowLogger:
