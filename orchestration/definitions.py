@@ -28,17 +28,42 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     return value
 
 
-EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+def _celery_executor() -> dg.ExecutorDefinition:
+    """dagster-celery's executor: every step a task on the broker ``ALIGNREC_CELERY_BROKER``
+    (default ``redis://127.0.0.1:6379/0``), results on ``ALIGNREC_CELERY_BACKEND`` (default:
+    the broker), run by whichever worker takes it (README, *Scaling out*). dagster-celery is
+    in requirements-scale.lock, not in the default install."""
+    try:
+        from dagster_celery import celery_executor
+    except ImportError as exc:
+        raise ConfigError(
+            "ALIGNREC_EXECUTOR=celery needs dagster-celery: "
+            "pip install --no-deps -r requirements-scale.lock"
+        ) from exc
+    broker = os.environ.get("ALIGNREC_CELERY_BROKER", "redis://127.0.0.1:6379/0")
+    backend = os.environ.get("ALIGNREC_CELERY_BACKEND", broker)
+    return celery_executor.configured(
+        {"broker": broker, "backend": backend,
+         # as deploy/celery.yaml: a worker takes a step only when it has a process free
+         "config_source": {"task_acks_late": True, "worker_prefetch_multiplier": 1}}
+    )  # fmt: skip
+
+
+EXECUTORS = {
+    "in_process": lambda: dg.in_process_executor,
+    "multiprocess": lambda: dg.multiprocess_executor,
+    "celery": _celery_executor,
+}
 
 
 def _executor() -> dg.ExecutorDefinition:
     """In-process locally (each extra process costs ~3 s on 2 cores); set
-    ``ALIGNREC_EXECUTOR=multiprocess`` to fan steps out, or configure a k8s/celery
-    executor in a deployment."""
+    ``ALIGNREC_EXECUTOR=multiprocess`` to fan steps out, or ``celery`` to hand them to
+    Celery workers."""
     name = os.environ.get("ALIGNREC_EXECUTOR", "in_process")
     if name not in EXECUTORS:
         raise ConfigError(f"ALIGNREC_EXECUTOR={name!r}: expected one of {sorted(EXECUTORS)}")
-    return EXECUTORS[name]
+    return EXECUTORS[name]()
 
 
 data_job = dg.define_asset_job(

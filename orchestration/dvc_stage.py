@@ -311,7 +311,7 @@ def run_stage(
     }
     tags = {"alignrec/dvc_stage": stage}
     with dg.DagsterInstance.get() as instance:
-        if os.environ.get("ALIGNREC_EXECUTOR") == "multiprocess":
+        if os.environ.get("ALIGNREC_EXECUTOR") in ("multiprocess", "celery"):
             result = _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
         else:
             job = defs.resolve_implicit_job_def_def_for_assets(keys)
@@ -338,8 +338,9 @@ def _refused(params_path: Path, stage: str, exc: Exception) -> ConfigError:
 
 
 def _execute_multiprocess(instance, keys, run_config, tags, params, params_path):
-    """The stage as a run of the multiprocess executor (``ALIGNREC_EXECUTOR=multiprocess``):
-    independent steps, such as the benchmark's per-model steps, run in parallel processes."""
+    """The stage as a run of the multiprocess executor (``ALIGNREC_EXECUTOR=multiprocess``,
+    or ``celery``): independent steps, such as the benchmark's per-model steps, run in
+    parallel processes (Celery workers)."""
     import dagster as dg
 
     from orchestration import definitions

@@ -183,3 +183,15 @@ def test_a_wrong_setting_in_the_environment_is_named(monkeypatch):
         _env_int("ALIGNREC_THREADS", 0, minimum=0)
     monkeypatch.delenv("ALIGNREC_THREADS")
     assert _env_int("ALIGNREC_THREADS", 0, minimum=0) == 0
+
+
+def test_the_celery_executor_without_dagster_celery_says_what_to_install(monkeypatch):
+    import sys
+
+    from alignrec.errors import ConfigError
+    from orchestration.definitions import _executor
+
+    monkeypatch.setenv("ALIGNREC_EXECUTOR", "celery")
+    monkeypatch.setitem(sys.modules, "dagster_celery", None)  # as where it is not installed
+    with pytest.raises(ConfigError, match="requirements-scale.lock"):
+        _executor()
