@@ -138,7 +138,7 @@ class FusionConfig:
         epochs: passes over the items (at least; see ``min_steps``).
         min_steps: train at least this many optimiser steps, adding epochs on a small
             catalogue (1,349 movielens items are 22 steps an epoch; 18,357 Sports items
-            287); 0 trains ``epochs`` exactly.
+            287), up to 10 x ``epochs``; 0 trains ``epochs`` exactly.
         batch_size: items per step.
         lr: peak AdamW learning rate (linear warm-up, cosine decay).
         weight_decay: AdamW weight decay.
@@ -250,11 +250,13 @@ class FusionConfig:
 
     def epochs_for(self, n_items: int) -> int:
         """Epochs trained on ``n_items`` items: ``epochs``, or more when that many epochs
-        would give fewer than ``min_steps`` optimiser steps (0 epochs stays 0)."""
+        would give fewer than ``min_steps`` optimiser steps, at most 10 x ``epochs`` (a toy
+        catalogue of one batch does not train 660 epochs; 0 epochs stays 0)."""
         if self.epochs == 0 or self.min_steps <= 0:
             return self.epochs
         steps_per_epoch = max(1, math.ceil(n_items / self.batch_size))
-        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        wanted = math.ceil(self.min_steps / steps_per_epoch)
+        return max(self.epochs, min(10 * self.epochs, wanted))
 
 
 @dataclass(frozen=True)

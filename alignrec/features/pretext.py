@@ -86,11 +86,11 @@ def pretext_metrics(scores: list[PretextScore]) -> dict[str, float]:
 
 def format_pretext(scores: list[PretextScore]) -> str:
     """A plain-text table of the scores, one target a line, flags marked."""
-    lines = [f"{'target':<16} {'metric':<9} {'model':>7} {'interp.':>7}  n      baseline"]
+    lines = [f"{'target':<18} {'metric':<9} {'model':>7} {'interp.':>7}  n      baseline"]
     for s in scores:
         mark = "" if s.beats_interpolation else "  <- FLAG: does not beat interpolation"
         lines.append(
-            f"{s.target:<16} {s.metric:<9} {s.model:7.4f} {s.interpolation:7.4f}  "
+            f"{s.target:<18} {s.metric:<9} {s.model:7.4f} {s.interpolation:7.4f}  "
             f"{s.n:<6} {s.baseline}{mark}"
         )
     return "\n".join(lines)

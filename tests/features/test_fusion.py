@@ -269,5 +269,8 @@ def test_min_steps_adds_epochs_on_a_small_catalogue():
     assert cfg.epochs_for(20) == 4  # 3 steps an epoch: 4 epochs reach 10 steps
     assert cfg.epochs_for(1000) == 2  # 125 steps an epoch: epochs decide
     assert FusionConfig(**{**SMALL, "epochs": 0, "min_steps": 10}).epochs_for(20) == 0
+    assert FusionConfig(**{**SMALL, "epochs": 3, "min_steps": 660}).epochs_for(20) == 30  # capped
+    defaults = FusionConfig()
+    assert [defaults.epochs_for(n) for n in (1349, 1425, 18357)] == [30, 29, 3]
     res = pretrain_fusion(synthetic_outputs(), cfg)
     assert len(res.history) == 4
