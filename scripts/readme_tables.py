@@ -31,6 +31,42 @@ def body_of(src: Path) -> str:
     return "\n".join(lines).strip("\n") + "\n"
 
 
+def mask_modality_table(folder: Path) -> str | None:
+    """A markdown table of the ``mask-modality-*.json`` results of ``alignrec evaluate-features
+    --protocol mask-modality --out`` in ``folder`` (None when there are none)."""
+    import json
+
+    files = sorted(folder.glob("mask-modality-*.json"))
+    if not files:
+        return None
+    lines = [
+        "| features | removed | zero-shot valid R@20 (full -> masked) | loss | "
+        "item-CF valid R@20 (full -> masked) | loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in files:
+        r = json.loads(f.read_text())
+        cells = []
+        for proto in ("zero-shot", "item-cf"):
+            k = f"{proto}/valid/recall@20"
+            cells += [f"{r['unmasked'][k]:.4f} -> {r['metrics'][k]:.4f}",
+                      f"{100 * r['relative_loss'][k]:.1f}%"]
+        name = f.stem.removeprefix("mask-modality-")
+        removed = f"{r['modality']} from {100 * r['fraction']:.0f}% of items"
+        lines.append(f"| {name} | {removed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def derive(root: Path = ROOT) -> None:
+    """Regenerate the markdown tables derived from JSON records under ``results/``."""
+    for folder in sorted((root / "results" / "stage1").glob("*")):
+        table = mask_modality_table(folder)
+        if table is not None:
+            (folder / "mask-modality.md").write_text(
+                f"# Mask-modality on {folder.name}\n\n{table}", encoding="utf-8"
+            )
+
+
 def render(readme: str, root: Path = ROOT) -> str:
     """The README with every generated block replaced by its file's content."""
 
@@ -48,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="report stale blocks, change nothing")
     args = parser.parse_args(argv)
     path = ROOT / "README.md"
+    if not args.check:
+        derive()
     text = path.read_text(encoding="utf-8")
     new = render(text)
     if args.check:
