@@ -157,7 +157,9 @@ def gating_lock(
             )  # fmt: skip
             break
         except MlflowException as exc:
-            if exc.error_code not in _EXISTS:
+            # taken; or taken and released at once: the SQL store, refused, reads the model
+            # back to word its error, and finds it gone (RESOURCE_DOES_NOT_EXIST)
+            if exc.error_code not in (*_EXISTS, "RESOURCE_DOES_NOT_EXIST"):
                 raise
         with contextlib.suppress(MlflowException):  # gone in between: just retry
             held = client.get_registered_model(lock)
