@@ -250,12 +250,14 @@ def mlflow_server(backend: str, tmp: Path) -> Iterator[str]:
 
 def dagster_home(pg: Postgres, folder: Path, db: str) -> dict[str, str]:
     """A ``DAGSTER_HOME`` in ``folder`` holding the shipped deploy/dagster-postgres.yaml, its
-    storage in a new database ``db``; the environment variables that select and fill it."""
+    storage in a new database ``db``, its tables created once by ``dagster instance migrate``
+    (processes that open an empty database at the same moment race to create them); the
+    environment variables that select and fill it."""
     need_module("dagster_postgres")
     pg.create_database(db)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "deploy" / "dagster-postgres.yaml", folder / "dagster.yaml")
-    return {
+    env = {
         "DAGSTER_HOME": str(folder),
         "DAGSTER_PG_HOST": pg.host,
         "DAGSTER_PG_PORT": str(pg.port),
@@ -263,3 +265,7 @@ def dagster_home(pg: Postgres, folder: Path, db: str) -> dict[str, str]:
         "DAGSTER_PG_PASSWORD": "",
         "DAGSTER_PG_DB": db,
     }
+    migrate = subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    return env

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -17,6 +18,7 @@ from tests.scale import servers
 pytestmark = [pytest.mark.scale, pytest.mark.slow]
 
 WORKERS = ("worker1", "worker2")
+OUTPUTS = ("benchmark", "bpr_model", "lightgcn_model")
 
 
 def _comparable(value):
@@ -28,6 +30,11 @@ def _comparable(value):
     if isinstance(value, list):
         return [_comparable(v) for v in value]
     return value
+
+
+def _meta(materialization) -> dict:
+    """A materialization's metadata as plain values."""
+    return {k: v.value for k, v in materialization.metadata.items()}
 
 
 def _steps(instance, run_id: str) -> dict[str, dict]:
@@ -78,6 +85,7 @@ def test_steps_run_on_two_celery_workers_and_match_the_in_process_run(
         ref = celery_job.job().execute_in_process(run_config=celery_job.CONFIG,
                                                   partition_key="synthetic")  # fmt: skip
         assert ref.success
+        expected = {n: _meta(ref.asset_materializations_for_node(n)[0]) for n in OUTPUTS}
         in_process_s = time.monotonic() - t0
 
         for w in workers:
@@ -92,6 +100,8 @@ def test_steps_run_on_two_celery_workers_and_match_the_in_process_run(
                                 tags={"dagster/partition": "synthetic"}) as result:  # fmt: skip
                 assert result.success, [w.tail() for w in workers]
                 run_id = result.run_id
+                got = {n: _meta(instance.get_latest_materialization_event(dg.AssetKey(n))
+                                .asset_materialization) for n in OUTPUTS}  # fmt: skip
             steps = _steps(instance, run_id)
         celery_s = time.monotonic() - t0
     finally:
@@ -115,11 +125,13 @@ def test_steps_run_on_two_celery_workers_and_match_the_in_process_run(
     ]  # fmt: skip
     assert overlapping, f"no two steps on different workers overlapped: {steps}"
 
-    report, expected = (json.loads((h / "benchmark/synthetic/report.json").read_text())
-                        for h in (celery_home, ref_home))  # fmt: skip
-    assert report["runs_trained"] == expected["runs_trained"] == 4  # 2 models x 2 seeds
-    assert _comparable(report) == _comparable(expected)
-    for model in ("bpr", "lightgcn"):
-        got, want = (json.loads((h / f"runs/synthetic/{model}/metrics.json").read_text())
-                     for h in (celery_home, ref_home))  # fmt: skip
-        assert got["test"] == want["test"] and got["valid"] == want["valid"], model
+    # the report.json each run wrote (beside its report.md), under its own ALIGNREC_HOME
+    report, want = (json.loads(Path(o["benchmark"]["report_path"]).with_suffix(".json")
+                               .read_text()) for o in (got, expected))  # fmt: skip
+    assert Path(got["benchmark"]["report_path"]).is_relative_to(celery_home)
+    assert report["runs_trained"] == want["runs_trained"] == 4  # 2 models x 2 seeds
+    assert _comparable(report) == _comparable(want)
+    for node in ("bpr_model", "lightgcn_model"):  # the training assets' metrics, as metadata
+        assert Path(got[node]["folder"]).is_relative_to(celery_home)
+        scores = {k: v for k, v in got[node].items() if k.startswith(("valid/", "test/"))}
+        assert scores and scores == {k: expected[node][k] for k in scores}, node

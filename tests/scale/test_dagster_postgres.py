@@ -25,7 +25,7 @@ def test_a_materialization_through_postgres_storage_is_seen_by_other_processes(
            "ALIGNREC_THREADS": "1"}  # fmt: skip
     config = {"ops": {"bpr_model": {"config": {"sets": {"epochs": "2"}}}}}
     cmd = [str(servers.BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
-           "--select", "bpr_model", "--partition", "synthetic", "--config-json", json.dumps(config)]  # fmt: skip
+           "--select", "*bpr_model", "--partition", "synthetic", "--config-json", json.dumps(config)]  # fmt: skip
     run = subprocess.run(cmd, env=env, cwd=servers.ROOT, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
