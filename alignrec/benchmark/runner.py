@@ -148,6 +148,7 @@ def run_benchmark(
     skip: dict[str, str] | None = None,
     write: bool = True,
     cached_only: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
 
@@ -179,6 +180,9 @@ def run_benchmark(
         cached_only: train nothing: report the runs already finished in ``out``. A model
             with a run still to train is listed as skipped, saying how many of its runs are
             done, so a benchmark too large for one sitting can be reported as it stands.
+        cache_dir: the encoder cache the multimodal models' modalities and a ``raw:`` or
+            ``fusion:`` feature set are read from (default the dataset's under
+            ``ALIGNREC_HOME``; the Dagster asset passes the one its run uses).
 
     The report is written only once every run has finished (see
     :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
@@ -201,7 +205,9 @@ def run_benchmark(
     out = Path(out) if out is not None else default_out(data.name)
     skip = {m.lower(): reason for m, reason in (skip or {}).items()}
     asked = [m for m in names if m not in skip]
-    data, skipped, feature_spec = prepare_inputs(data, asked, features, progress=progress)
+    data, skipped, feature_spec = prepare_inputs(
+        data, asked, features, progress=progress, cache_dir=cache_dir
+    )
     skipped = {m: skip.get(m) or skipped[m] for m in names if m in skip or m in skipped}
     todo = [m for m in names if m not in skipped]
     signature = _DataSignature(data)
@@ -350,13 +356,19 @@ def _has_modalities(data: Dataset) -> bool:
 
 
 def prepare_inputs(
-    data: Dataset, models: list[str], features: str | None, *, progress: bool = True
+    data: Dataset,
+    models: list[str],
+    features: str | None,
+    *,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Dataset, dict[str, str], str | None]:
     """Add what the models read to ``data``; say which models cannot run and why.
 
     Returns the dataset (with ``mm:<name>`` modality tables when a multimodal model is
     asked for, and AlignRec's ``content`` table), the skipped models with their
-    reasons, and the name of AlignRec's feature set.
+    reasons, and the name of AlignRec's feature set. ``cache_dir``: the encoder cache
+    (default the dataset's under ``ALIGNREC_HOME``).
     """
     skipped: dict[str, str] = {}
     multimodal = [m for m in models if get_model_class(m).uses_modalities]
@@ -364,7 +376,7 @@ def prepare_inputs(
         if has_content(data):
             from alignrec.features.pipeline import with_modalities
 
-            data = with_modalities(data, progress=progress)
+            data = with_modalities(data, cache_dir, progress=progress)
         if not _has_modalities(data):
             for m in multimodal:
                 skipped[m] = (
@@ -373,7 +385,7 @@ def prepare_inputs(
                 )
     spec = None
     if OURS in models:
-        data, spec, reason = _content(data, features)
+        data, spec, reason = _content(data, features, cache_dir)
         if reason:
             skipped[OURS] = reason
     return data, skipped, spec
@@ -386,10 +398,12 @@ def stage1_path(dataset: str) -> Path:
     return dataset_artifacts(dataset) / "stage1" / "features.npy"
 
 
-def _content(data: Dataset, features: str | None) -> tuple[Dataset, str | None, str | None]:
+def _content(
+    data: Dataset, features: str | None, cache_dir: str | Path | None = None
+) -> tuple[Dataset, str | None, str | None]:
     """(dataset with AlignRec's ``content`` table, its spec, or the reason AlignRec is skipped)."""
     if features is not None:
-        return with_content_features(data, features), features, None
+        return with_content_features(data, features, cache_dir), features, None
     if CONTENT_KEY in data.features:
         return data, f"dataset features[{CONTENT_KEY!r}]", None
     if not has_content(data):

@@ -127,6 +127,8 @@ def run_train(
     resume: bool = True,
     on_mismatch: str = "fresh",
     say: Callable[[str], Any] | None = None,
+    tables: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the registered ``dataset`` and write the run files into ``out``.
 
@@ -138,6 +140,10 @@ def run_train(
     replaces the built-in loggers (the orchestration passes its MLflow resource's);
     the winner's logger's ``run_id``, when it has one, is returned as ``mlflow_run_id``.
     ``export`` also writes ``recommender.npz`` for serving (see :mod:`alignrec.serving`).
+    ``tables`` reads the dataset's canonical tables from that folder (what a Dagster asset
+    upstream wrote) instead of preparing them in ``ALIGNREC_HOME``; ``cache_dir`` is the
+    encoder cache a ``raw:``/``fusion:`` feature set is read from (default the dataset's
+    under ``ALIGNREC_HOME``).
 
     ``out`` keeps a checkpoint while the run trains and a ``status.json``. With ``resume``
     a checkpoint left there by a run that died or was stopped by a signal is resumed from,
@@ -159,7 +165,7 @@ def run_train(
         record = _run_train(
             model, dataset, out, seed, sets, grids, device, threads, quiet or not group.is_main,
             mlflow, experiment, features, logger_factory, export, group, resume, on_mismatch,
-            say,
+            say, tables=tables, cache_dir=cache_dir,
         )
     finally:
         distributed.leave(created)
@@ -168,7 +174,8 @@ def run_train(
 
 def _run_train(
     model, dataset, out, seed, sets, grids, device, threads, quiet, mlflow, experiment, features,
-    logger_factory, export, group, resume=True, on_mismatch="fresh", say=None,
+    logger_factory, export, group, resume=True, on_mismatch="fresh", say=None, *, tables=None,
+    cache_dir=None,
 ) -> dict[str, Any]:
     import logging
 
@@ -220,7 +227,7 @@ def _run_train(
     try:
         record, result = _train_and_write(
             model, dataset, out, seed, overrides, grid, device, mlflow, experiment, features,
-            logger_factory, export, group, checkpointing,
+            logger_factory, export, group, checkpointing, tables=tables, cache_dir=cache_dir,
         )
     except BaseException as exc:
         if status is not None:
@@ -244,16 +251,16 @@ def _run_train(
 
 def _train_and_write(
     model, dataset, out, seed, overrides, grid, device, mlflow, experiment, features,
-    logger_factory, export, group, checkpointing,
+    logger_factory, export, group, checkpointing, *, tables=None, cache_dir=None,
 ):
     """Load the data, train (or search the grid) and write ``out``; (record, result)."""
-    from alignrec.data import load_dataset
+    from alignrec.data import load_dataset, read_dataset
     from alignrec.training import ConsoleLogger, NullLogger, grid_search, train
 
     with group.main_first():
-        data = load_dataset(dataset)
+        data = read_dataset(tables, dataset) if tables is not None else load_dataset(dataset)
         if features is not None:
-            data = with_content_features(data, features)
+            data = with_content_features(data, features, cache_dir)
 
     def make_logger(tag: str | None = None):
         if not group.is_main:
@@ -313,13 +320,14 @@ def _train_and_write(
     return record, result
 
 
-def with_content_features(data, spec: str):
-    """``data`` with the feature set ``spec`` as ``features["content"]`` (what content models read)."""
+def with_content_features(data, spec: str, cache_dir: str | Path | None = None):
+    """``data`` with the feature set ``spec`` as ``features["content"]`` (what content models
+    read); ``cache_dir``: the encoder cache a ``raw:``/``fusion:`` set is read from."""
     import dataclasses
 
     from alignrec.features.pipeline import resolve_features
 
-    table = resolve_features(spec, data, progress=False).table
+    table = resolve_features(spec, data, cache_dir, progress=False).table
     return dataclasses.replace(data, features={**data.features, "content": table})
 
 
