@@ -8,11 +8,15 @@ the Dagster UI with its metadata and MLflow runs. The code path is the assets' o
 
 The run is a subset of the global asset job: upstream assets are not recomputed, their values
 are loaded by the IO manager from what the upstream stage's run stored under
-``DAGSTER_HOME/storage``. A stage is one or more asset groups (:data:`STAGES`); a new group must
-be given a stage, which ``tests/orchestration/test_dvc_stage.py`` enforces.
+``DAGSTER_HOME/storage/dvc``, where only DVC stages store (a run from the UI stores under
+``DAGSTER_HOME/storage`` and its paths point into its own folder, which DVC does not track). A
+stage is one or more asset groups (:data:`STAGES`); a new group must be given a stage, which
+``tests/orchestration/test_dvc_stage.py`` enforces.
 
-``artifacts`` in params.yaml becomes ``ALIGNREC_HOME``: dvc.yaml names the stages' outputs under
-it, so the files the assets write are the ones DVC tracks.
+``artifacts`` in params.yaml becomes ``ALIGNREC_HOME``, and the run is tagged
+``alignrec/dvc_stage``: :func:`orchestration.paths.output_root` then sends the assets' files
+where dvc.yaml names the stages' outputs, so the files the assets write are the ones DVC
+tracks. A run without the tag writes under ``ALIGNREC_HOME/dagster/<run id>/`` instead.
 
 A stage that trains writes ``summary.json`` beside its full results (each model's
 ``metrics.json``, the benchmark's ``report.json``): the headline figures only, which dvc.yaml
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 
 PARAMS_FILE = "params.yaml"
 COMMON = ("dataset", "artifacts")  # read by every stage
+STORAGE = ("storage", "dvc")  # under DAGSTER_HOME: the values DVC stages store and load
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,11 @@ def _use_homes(params: dict[str, Any], root: Path) -> None:
     dagster_home.mkdir(parents=True, exist_ok=True)
 
 
+def dvc_storage() -> Path:
+    """``DAGSTER_HOME/storage/dvc``: where DVC stages' runs store their asset values."""
+    return Path(os.environ["DAGSTER_HOME"]).resolve().joinpath(*STORAGE)
+
+
 def run_stage(
     stage: str, params_path: str | Path = PARAMS_FILE, only: Sequence[str] = ()
 ) -> dg.ExecuteInProcessResult:
@@ -305,11 +315,14 @@ def run_stage(
 
     keys = _select(defs, stage, only)
     names = {k.to_user_string() for k in keys}
+    from orchestration.paths import DVC_STAGE_TAG
+
     run_config = {
         "ops": {op: cfg for op, cfg in ops.items() if op in names},
         "loggers": {"console": {"config": {"log_level": "INFO"}}},  # DEBUG buries DVC's output
+        "resources": {"io_manager": {"config": {"base_dir": str(dvc_storage())}}},
     }
-    tags = {"alignrec/dvc_stage": stage}
+    tags = {DVC_STAGE_TAG: stage}  # output_root: write where dvc.yaml declares the outputs
     with dg.DagsterInstance.get() as instance:
         if os.environ.get("ALIGNREC_EXECUTOR") in ("multiprocess", "celery"):
             result = _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
@@ -344,6 +357,7 @@ def _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
     import dagster as dg
 
     from orchestration import definitions
+    from orchestration.paths import DVC_STAGE_TAG
 
     try:
         with dg.execute_job(
@@ -355,7 +369,7 @@ def _execute_multiprocess(instance, keys, run_config, tags, params, params_path)
         ) as result:
             return result
     except dg.DagsterInvalidConfigError as exc:
-        raise _refused(params_path, tags["alignrec/dvc_stage"], exc) from None
+        raise _refused(params_path, tags[DVC_STAGE_TAG], exc) from None
 
 
 # ------------------------------------------------------------------ compact DVC metrics
@@ -420,9 +434,10 @@ def write_summaries(stage: str, dataset: str, assets: Sequence[str]) -> list[Pat
 
 
 LOAD_INPUT_HINT = (
-    "  an upstream asset's stored value is missing from DAGSTER_HOME/storage (another DAGSTER_HOME, "
-    "or DVC restored the upstream stage's files from its cache without running it): rerun the "
-    "upstream stage alone, e.g. `dvc repro -f -s stage1`"
+    "  an upstream asset's stored value is missing from DAGSTER_HOME/storage/dvc, where only DVC "
+    "stages store (another DAGSTER_HOME, `make clean-state`, or DVC restored the upstream stage's "
+    "files from its cache without running it): rerun the upstream stage alone, e.g. "
+    "`dvc repro -f -s stage1`"
 )
 
 

@@ -8,12 +8,14 @@ k8s/celery executor), and in turn under the default in-process executor:
   ``benchmark-<dataset>`` and fans out one dynamic step per model;
 - ``benchmark_model`` trains that model's grid and seeds with
   :func:`alignrec.benchmark.run_benchmark` (the code path of ``alignrec benchmark``)
-  into the shared run cache ``artifacts/benchmark/<dataset>/runs/``, each training run
-  an MLflow run nested under the summary;
+  into the run cache ``benchmark/<dataset>/runs/`` under the run's output root
+  (:func:`orchestration.paths.output_root`: ``artifacts/`` for ``dvc repro``, else
+  ``artifacts/dagster/<run id>/``), each training run an MLflow run nested under the summary;
 - ``benchmark_report`` collects them, reuses every finished run, writes the report, logs
   it to the summary run and shows its table as metadata.
 
-AlignRec reads the stage-1 features. Finished runs are reused, so a rerun resumes.
+AlignRec reads the stage-1 features. Finished runs in that folder are reused, so a rerun of
+the DVC stage, or a re-execution of a Dagster run, resumes.
 """
 
 import time
@@ -70,6 +72,8 @@ def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: Comput
         skip=plan["skip"],
         write=False,
         cached_only=plan["cached_only"],
+        out=plan["out"],
+        cache_dir=plan["cache_dir"],
     )
 
 
@@ -85,6 +89,7 @@ def benchmark_plan(
     from alignrec.benchmark import OURS
     from alignrec.benchmark.grids import with_grid_changes
     from alignrec.benchmark.runner import plan_models
+    from orchestration.paths import encoder_cache, output_root
 
     if config.seeds < 1:
         raise dg.Failure(f"benchmark: seeds must be >= 1, got {config.seeds}")
@@ -104,6 +109,8 @@ def benchmark_plan(
         "features": features,
         "skip": skip,
         "cached_only": config.cached_only,
+        "out": str(output_root(context) / "benchmark" / dataset["name"]),
+        "cache_dir": str(encoder_cache(context, dataset["name"])),
         "summary_run_id": tracking.run_id,
         "started": time.time(),
     }
@@ -161,6 +168,10 @@ def benchmark_report(
         tracking.fail()
         raise
     tracking.log_report(result)
+    from orchestration import provenance
+
+    provenance.record(context, "benchmark", dataset["name"], result.out,
+                      mlflow_run_id=tracking.run_id)
     table = results_table(result.report)
     if result.skipped:
         table += "\n\n" + "\n".join(f"- skipped **{m}**: {r}" for m, r in result.skipped.items())

@@ -36,13 +36,13 @@ def raw_data(context: dg.AssetExecutionContext) -> dict:
     from alignrec.data.prepare import RAW_DIR, ensure_generated, fingerprint, write_raw
     from alignrec.data.readers import read_raw
     from alignrec.data.registry import get_spec
-    from alignrec.paths import dataset_artifacts
+    from orchestration.paths import dataset_folder
 
     name = context.partition_key
     spec = get_spec(name)
     ensure_generated(spec)
     raw = read_raw(spec)
-    folder = dataset_artifacts(name) / RAW_DIR
+    folder = dataset_folder(context, name) / RAW_DIR
     write_raw(raw, folder)
     context.add_output_metadata(
         {
@@ -81,12 +81,12 @@ def dataset(context: dg.AssetExecutionContext, raw_data: dict) -> dict:
 
     from alignrec.data.prepare import build_dataset, read_raw_tables, write_dataset
     from alignrec.data.registry import get_spec
-    from alignrec.paths import dataset_tables
+    from orchestration.paths import dataset_folder
 
     name = context.partition_key
     spec = get_spec(name)
     ds = build_dataset(read_raw_tables(Path(raw_data["folder"]), spec), spec)
-    folder = dataset_tables(name)
+    folder = dataset_folder(context, name) / "tables"
     write_dataset(ds, folder, raw_data["fingerprint"])
     summary = ds.summary()
     context.add_output_metadata(

@@ -41,13 +41,13 @@ def _skipped(context, name: str, reason: str) -> dict:
 )
 def encoder_outputs(context: dg.AssetExecutionContext, dataset: dict, compute: ComputeResource) -> dict:
     from alignrec.features.cache import extract
-    from alignrec.features.pipeline import default_cache_dir
+    from orchestration.paths import encoder_cache
 
     device = compute.torch_device()  # caps the threads too
     ds = _dataset(dataset)
     if not _has_content(ds):
         return _skipped(context, ds.name, "the dataset has no item content (text, images or vectors)")
-    cache = default_cache_dir(ds.name)
+    cache = encoder_cache(context, ds.name)
     outputs = extract(ds, cache, progress=True, device=device)
     context.add_output_metadata(
         {
@@ -95,7 +95,7 @@ def stage1_features(
     from alignrec.features.fusion import FusionConfig, encode_items, pretrain_fusion, save_fusion
     from alignrec.features.pretext import flagged, format_pretext, pretext_check, pretext_metrics
     from alignrec.features.selection import choose_features, raw_candidates
-    from alignrec.paths import dataset_artifacts
+    from orchestration.paths import dataset_folder
 
     if encoder_outputs.get("skipped"):
         return _skipped(context, dataset["name"], encoder_outputs["skipped"])
@@ -104,7 +104,7 @@ def stage1_features(
     ds = _dataset(dataset)
     outputs = extract(ds, encoder_outputs["cache_dir"], progress=False)
     fusion_cfg = FusionConfig.from_dict(parse_overrides(config.overrides))
-    folder = dataset_artifacts(ds.name) / "stage1"
+    folder = dataset_folder(context, ds.name) / "stage1"
     with mlflow.logger(f"stage1-{ds.name}", "fusion-pretraining",
                        {"dataset": ds.name, "dagster_run": context.run_id}) as lg:
         lg.log_params({f"fusion.{k}": v for k, v in fusion_cfg.to_dict().items()})
@@ -134,6 +134,9 @@ def stage1_features(
     from alignrec.serving import log_fusion_encoder
 
     log_fusion_encoder(folder / "encoder", folder / "stage1.npy", run_id, tracking_uri=mlflow.uri())
+    from orchestration import provenance
+
+    provenance.record(context, "stage1_features", ds.name, folder, mlflow_run_id=run_id)
     context.add_output_metadata(
         {
             "shape": str(features.shape),
@@ -229,7 +232,7 @@ def make_protocol_asset(protocol: str) -> dg.AssetsDefinition:
         from alignrec.features.cache import extract
         from alignrec.features.pipeline import resolve_features
         from alignrec.features.protocols import run_protocol
-        from alignrec.paths import dataset_artifacts
+        from orchestration.paths import dataset_folder
 
         if encoder_outputs.get("skipped"):
             return _skipped(context, dataset["name"], encoder_outputs["skipped"])
@@ -247,7 +250,7 @@ def make_protocol_asset(protocol: str) -> dg.AssetsDefinition:
             res = run_protocol(protocol, ds, fs, **kwargs).to_dict()
             res["features"] = _label(name)
             results.append(res)
-        out = dataset_artifacts(ds.name) / "protocols" / f"{protocol}.json"
+        out = dataset_folder(context, ds.name) / "protocols" / f"{protocol}.json"
         io.write_json(out, results)
         table = _protocol_table(results, protocol)
         context.add_output_metadata({"results": dg.MetadataValue.md(table),

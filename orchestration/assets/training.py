@@ -47,25 +47,43 @@ def run_args(config: TrainConfig) -> dict:
 
 
 def train_run(context, config: TrainConfig, mlflow: MLflowResource, compute: ComputeResource,
-              model: str, out, tags: dict[str, str] | None = None, **kwargs) -> dict:
-    """``run_train`` for a training asset, logging one MLflow run per grid point (tagged with
-    the Dagster run and ``tags``): in this process, or data-parallel in ``compute.processes``
-    processes (rank 0's record comes back). ``kwargs``: ``features``, ``export``."""
+              model: str, out, dataset: dict, tags: dict[str, str] | None = None,
+              **kwargs) -> dict:
+    """``run_train`` for a training asset on the tables the ``dataset`` asset wrote, logging
+    one MLflow run per grid point (tagged with the Dagster run, the DVC stage, the run folder
+    and ``tags``): in this process, or data-parallel in ``compute.processes`` processes
+    (rank 0's record comes back). ``kwargs``: ``features``, ``export``."""
     from alignrec.commands.train import run_train
     from alignrec.training.distributed import launch
+    from orchestration.paths import encoder_cache
 
     name = context.partition_key
-    tags = {"model": model, "dataset": name, "dagster_run": context.run_id, **(tags or {})}
+    tags = {"model": model, "dataset": name, "dagster_run": context.run_id,
+            **run_tags(context, out), **(tags or {})}
     loggers = mlflow.loggers(f"train-{name}", f"{model}-s{config.seed}", tags)
     return launch(compute.processes, run_train, model, name, out, **run_args(config),
                   device=compute.torch_device(), threads=compute.threads or None, quiet=True,
-                  logger_factory=loggers, **kwargs)
+                  logger_factory=loggers, tables=dataset.get("folder"),
+                  cache_dir=encoder_cache(context, name), **kwargs)
 
 
-def run_dir(dataset: str, model: str):
+def run_tags(context, out) -> dict[str, str]:
+    """What ties a training asset's MLflow run and registry version to its files and run:
+    the run folder and, for a run of ``dvc repro``, its DVC stage."""
+    from orchestration.paths import dvc_stage
+
+    stage = dvc_stage(context)
+    return {"run_folder": str(out), **({"dvc_stage": stage} if stage else {})}
+
+
+def run_dir(dataset: str, model: str, root=None):
+    """``<root>/runs/<dataset>/<model>``; ``root`` defaults to ``ALIGNREC_HOME`` (where a DVC
+    stage writes; an asset passes :func:`orchestration.paths.output_root`)."""
+    from pathlib import Path
+
     from alignrec.paths import artifacts_root
 
-    return artifacts_root() / "runs" / dataset / model
+    return Path(root if root is not None else artifacts_root()) / "runs" / dataset / model
 
 
 def make_training_asset(model: str) -> dg.AssetsDefinition:
@@ -73,24 +91,29 @@ def make_training_asset(model: str) -> dg.AssetsDefinition:
         name=f"{model}_model",
         group_name=GROUP,
         partitions_def=dataset_partitions,
-        deps=["dataset"],
         kinds={"pytorch", "mlflow"},
         description=f"{model} trained on the dataset: early-stopped on valid recall@20, tested once.",
     )
     def _train(
         context: dg.AssetExecutionContext,
         config: TrainConfig,
+        dataset: dict,
         mlflow: MLflowResource,
         compute: ComputeResource,
     ) -> dict:
+        from orchestration import provenance
+        from orchestration.paths import output_root
+
         name = context.partition_key
-        out = run_dir(name, model)
-        record = train_run(context, config, mlflow, compute, model, out)
+        out = run_dir(name, model, output_root(context))
+        record = train_run(context, config, mlflow, compute, model, out, dataset)
+        provenance.record(context, f"{model}_model", name, out,
+                          mlflow_run_id=record.get("mlflow_run_id"))
         context.add_output_metadata(
             {**headline(record), "mlflow_run_id": record.get("mlflow_run_id", ""),
              "folder": dg.MetadataValue.path(str(out))}
         )
-        return {**record, "folder": str(out)}
+        return {**record, "folder": str(out), "tables": dataset.get("folder")}
 
     return _train
 
@@ -126,6 +149,8 @@ def alignrec_model(
     mlflow: MLflowResource,
     compute: ComputeResource,
 ) -> dict:
+    from orchestration.paths import output_root
+
     name = context.partition_key
     if config.features == "stage1":
         if stage1_features.get("skipped"):
@@ -134,8 +159,8 @@ def alignrec_model(
         features = stage1_features["features"]
     else:
         features = config.features
-    out = run_dir(name, "alignrec")
-    record = train_run(context, config, mlflow, compute, "alignrec", out,
+    out = run_dir(name, "alignrec", output_root(context))
+    record = train_run(context, config, mlflow, compute, "alignrec", out, dataset,
                        tags={"features": config.features}, features=features, export=True)
     from alignrec.registry import register_recommender
     from alignrec.training.checks import run_problems
@@ -145,6 +170,11 @@ def alignrec_model(
         raise dg.Failure("the trained model is unsound, not registered:\n" + "\n".join(problems),
                          metadata={"folder": dg.MetadataValue.path(str(out))})
     decision = register_recommender(out, record, registered_name(name), tracking_uri=mlflow.uri())
+    tag_version(context, mlflow.uri(), registered_name(name), decision.challenger_version, out)
+    from orchestration import provenance
+
+    provenance.record(context, "alignrec_model", name, out, mlflow_run_id=record["mlflow_run_id"],
+                      registered_model=registered_name(name), version=decision.challenger_version)
     context.add_output_metadata(
         {**headline(record), "mlflow_run_id": record["mlflow_run_id"],
          "registered_model": registered_name(name), "version": decision.challenger_version,
@@ -152,12 +182,23 @@ def alignrec_model(
          "promotion": dg.MetadataValue.md(decision.markdown()),
          "features": config.features, "folder": dg.MetadataValue.path(str(out))}
     )
-    return {**record, "folder": str(out), "registered_model": registered_name(name),
+    return {**record, "folder": str(out), "tables": dataset.get("folder"),
+            "registered_model": registered_name(name),
             "version": decision.challenger_version, "promoted": decision.accepted,
             "champion": decision.serving_version}
 
 
 assets.append(alignrec_model)
+
+
+def tag_version(context, tracking_uri: str, name: str, version: str, out) -> None:
+    """Tag a registered version with the Dagster run that made it, its run folder and, from
+    ``dvc repro``, its DVC stage, so that a version, its files and its run can be matched."""
+    from alignrec.registry import registry_client
+
+    client = registry_client(tracking_uri)
+    for key, value in {"dagster_run": context.run_id, **run_tags(context, out)}.items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def make_model_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
@@ -177,7 +218,8 @@ def make_model_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
 
         if record.get("skipped"):
             return dg.AssetCheckResult(passed=True, metadata={"skipped": record["skipped"]})
-        meta = json.loads((dataset_tables(context.partition_key) / "meta.json").read_text())
+        tables = record.get("tables") or dataset_tables(context.partition_key)  # the run's own
+        meta = json.loads((Path(tables) / "meta.json").read_text())
         problems = run_problems(Path(record["folder"]), int(meta["users"]), int(meta["items"]))
         return dg.AssetCheckResult(
             passed=not problems,

@@ -16,6 +16,7 @@ from orchestration.resources import ComputeResource, MLflowResource
 pytestmark = pytest.mark.slow  # MLflow on SQLite and a Dagster run: tens of seconds
 
 TINY = {"models": ["bpr", "alignrec"], "seeds": 2, "sets": {"epochs": "2", "batch_size": "64"}}
+DVC = {"alignrec/dvc_stage": "benchmark"}  # as `dvc repro` runs it: into dvc.yaml's folder
 
 
 def _stage1(tmp_path, skipped: str | None):
@@ -46,7 +47,7 @@ def resources(tmp_path, monkeypatch):
     }, uri
 
 
-def _materialize(tmp_path, resources, skipped=None, config=TINY, ok=True):
+def _materialize(tmp_path, resources, skipped=None, config=TINY, ok=True, tags=None):
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [*data.assets, _stage1(tmp_path, skipped), benchmark.benchmark],
@@ -55,16 +56,19 @@ def _materialize(tmp_path, resources, skipped=None, config=TINY, ok=True):
             resources=resources,
             run_config={"ops": {"benchmark": {"config": config}}},
             raise_on_error=ok,
+            tags=tags,
         )
     assert result.success == ok
     return result
 
 
-def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources):
+def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources, isolated_home):
     from mlflow.tracking import MlflowClient
 
+    from orchestration import provenance
+
     res, uri = resources
-    result = _materialize(tmp_path, res)
+    result = _materialize(tmp_path, res, tags=DVC)
     out = result.output_for_node("benchmark")
     assert set(out["models"]) == {"bpr", "alignrec"} and out["alignrec_features"].endswith(
         "features.npy"
@@ -78,7 +82,10 @@ def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources):
     assert meta["compute_seconds"].value == pytest.approx(out["compute_seconds"]) and 0 < out[
         "compute_seconds"
     ] == pytest.approx(sum(m["compute_seconds"] for m in out["models"].values()))
-    assert meta["report_path"].value.endswith("benchmark/synthetic/report.md")
+    assert meta["report_path"].value == str(isolated_home / "benchmark/synthetic/report.md")
+    record = provenance.read(isolated_home, "synthetic")["benchmark"]
+    assert record["dagster_run_id"] == result.run_id and record["dvc_stage"] == "benchmark"
+    assert record["mlflow_run_id"] == out["mlflow_run_id"] == meta["mlflow_run_id"].value
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("benchmark-synthetic")
@@ -92,7 +99,8 @@ def test_benchmark_asset_reports_and_logs_to_mlflow(tmp_path, resources):
 
     # cached_only: the report of what is finished; a model never trained is listed, not trained
     again = _materialize(
-        tmp_path, res, config={**TINY, "models": ["bpr", "alignrec", "lightgcn"], "cached_only": True}
+        tmp_path, res, config={**TINY, "models": ["bpr", "alignrec", "lightgcn"], "cached_only": True},
+        tags=DVC,
     ).output_for_node("benchmark")
     assert again["runs_trained"] == 0 and again["runs_reused"] == 4
     for m in ("bpr", "alignrec"):
@@ -166,5 +174,9 @@ def test_model_steps_run_in_parallel_under_the_multiprocess_executor(tmp_path, m
                     spans[e.step_key][1] = entry.timestamp
     (a0, a1), (b0, b1) = spans.values()
     assert a0 < b1 and b0 < a1, f"the two model steps did not overlap: {spans}"
-    report = json.loads((tmp_path / "home/benchmark/synthetic/report.json").read_text())
+    # not a DVC stage: the run writes its own folder, never dvc.yaml's benchmark/synthetic/
+    assert not (tmp_path / "home/benchmark").exists()
+    report = json.loads(
+        (tmp_path / "home/dagster" / run_id / "benchmark/synthetic/report.json").read_text()
+    )
     assert set(report["models"]) == {"bpr", "lightgcn"} and report["runs_trained"] == 4
