@@ -113,6 +113,7 @@ def test_two_processes_registering_at_once_lose_no_version_and_agree_on_a_champi
     aliases = client.get_registered_model(model).aliases
     assert aliases["champion"] == by_value[max(max(r) for r in ROUNDS)], (aliases, results)
     assert aliases["challenger"] == str(2 * len(ROUNDS)), (aliases, results)
+    assert [m.name for m in client.search_registered_models("name LIKE 'race%'")] == ["race"]
     # every round's better version was promoted (it beats everything before it)
     for k, (a, b) in enumerate(ROUNDS):
         won = [r for r in results if r["round"] == k and r["accepted"]]
