@@ -299,9 +299,13 @@ def _make_repro(*args: str, env: dict[str, str] | None = None, dry: bool = True)
     import os
     import subprocess
 
-    full_env = {k: v for k, v in os.environ.items() if k != "DATASET"}
+    # Under `make test` the parent make's MAKELEVEL/MAKEFLAGS would make this one print
+    # "Entering/Leaving directory" lines around its commands.
+    drop = {"DATASET", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+    full_env = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run(
-        ["make", *(["-n"] if dry else []), "-o", ".venv/bin/.installed", "-o", "data", "repro", *args],
+        ["make", "--no-print-directory", *(["-n"] if dry else []), "-o", ".venv/bin/.installed",
+         "-o", "data", "repro", *args],
         cwd=ROOT, env={**full_env, **(env or {})}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -41,4 +41,7 @@ def test_graphql_launches_data_job_on_synthetic(tmp_path, isolated_home):
             time.sleep(2)
             status = client.get_run_status(run_id)
     assert status == DagsterRunStatus.SUCCESS, f"run {run_id}: {status}\n{_tail(log)}"
-    assert (dataset_tables("synthetic") / "meta.json").is_file()  # written under the isolated home
+    # A UI run writes under its own run folder of the isolated home, never DVC's folders
+    # (orchestration/paths.py): ALIGNREC_HOME/dagster/<run id>/datasets/synthetic/tables.
+    assert (isolated_home / "dagster" / run_id / "datasets" / "synthetic" / "tables" / "meta.json").is_file()
+    assert not (dataset_tables("synthetic") / "meta.json").exists()

@@ -35,29 +35,46 @@ def _node(args: list[str], out, port: int, run_id: str) -> subprocess.Popen:
     """One node group: what each machine runs, with 127.0.0.1 as the rendezvous host."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id,
+           "--rdzv-conf", "join_timeout=300,read_timeout=300",
            "--local-addr", "127.0.0.1", "--max-restarts", "0",
            "-m", "alignrec.cli", *args, "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the rendezvous store accepts connections on ``port`` (or ``proc`` has ended)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+
+
 def test_two_node_groups_follow_the_one_process_run(tmp_path):
     from alignrec.data import load_dataset
 
     load_dataset("synthetic")  # each node has the data (here: one ALIGNREC_HOME for all)
-    procs = {}
-    for model, args in RUNS.items():
-        port, run_id = servers.free_port(), f"{model}-{uuid.uuid4().hex[:8]}"
-        for node in ("a", "b"):
-            procs[model, node] = _node(args, tmp_path / model / node, port, run_id)
-        procs[model, "one"] = subprocess.Popen(
-            [sys.executable, "-m", "alignrec.cli", *args, "--out", str(tmp_path / model / "one")],
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    outputs = {}
+    procs, outputs = {}, {}
     try:
-        for key, proc in procs.items():
-            outputs[key] = proc.communicate(timeout=400)
+        # One model at a time, node a first and listening before node b starts: on a loaded
+        # 2-core machine six torch processes starting at once let the store's connection
+        # time out (seen in CI).
+        for model, args in RUNS.items():
+            port, run_id = servers.free_port(), f"{model}-{uuid.uuid4().hex[:8]}"
+            procs[model, "a"] = _node(args, tmp_path / model / "a", port, run_id)
+            _wait_listening(port, procs[model, "a"])
+            procs[model, "b"] = _node(args, tmp_path / model / "b", port, run_id)
+            procs[model, "one"] = subprocess.Popen(
+                [sys.executable, "-m", "alignrec.cli", *args, "--out", str(tmp_path / model / "one")],
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            for node in ("a", "b", "one"):
+                outputs[model, node] = procs[model, node].communicate(timeout=400)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
