@@ -339,19 +339,20 @@ def register_recommender(
     ``out`` is an ``alignrec train`` folder written with ``export=True``; ``record`` is its
     metrics record, carrying ``mlflow_run_id``.
     """
+    from alignrec.runs import CONFIG, read_config
     from alignrec.serving import EXPORT_FILE, log_recommender
 
     out = Path(out)
     run_id = record.get("mlflow_run_id")
     if not run_id:
         raise ConfigError(f"the run in {out} was not logged to MLflow (no mlflow_run_id)")
-    config_file = out / "config.json"
+    config_file = out / CONFIG
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: register an `alignrec train` folder")
     uri = tracking_uri or default_tracking_uri()
     info = log_recommender(out / EXPORT_FILE, run_id, tracking_uri=uri)
     client = registry_client(uri)
-    tags = version_tags(record, json.loads(config_file.read_text()))
+    tags = version_tags(record, read_config(out))
     version = register_version(client, name, info.model_uri, run_id, tags, model_id=info.model_id)
     return promote_if_better(client, name, version, metric)
 

@@ -32,7 +32,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-EXPORT_FILE = "recommender.npz"
+from alignrec.runs import EXPORT
+
+EXPORT_FILE = EXPORT  # the run folder's servable recommender (alignrec.runs)
 DEFAULT_K = 10
 # Scores held at once while ranking a request: a block of users times every item (16 MiB).
 BLOCK_SCORES = 1 << 22

@@ -406,10 +406,11 @@ def summary_sources(stage: str, dataset: str, assets: Sequence[str]) -> list[tup
     """``(full results file, summary function)`` of each result ``stage`` writes for the named
     assets; the summary goes beside it as :data:`SUMMARY_FILE`."""
     if stage == "stage2":
+        from alignrec.runs import METRICS
         from orchestration.assets.training import run_dir
 
         return [
-            (run_dir(dataset, name.removesuffix("_model")) / "metrics.json", run_summary)
+            (run_dir(dataset, name.removesuffix("_model")) / METRICS, run_summary)
             for name in assets
         ]
     if stage == "benchmark" and "benchmark" in assets:

@@ -5,6 +5,7 @@
 """
 
 from alignrec.benchmark.grids import GRIDS, model_grid
-from alignrec.benchmark.runner import OURS, BenchmarkResult, ModelRuns, run_benchmark
+from alignrec.benchmark.results import OURS, BenchmarkResult, ModelRuns
+from alignrec.benchmark.runner import run_benchmark
 
 __all__ = ["GRIDS", "OURS", "BenchmarkResult", "ModelRuns", "model_grid", "run_benchmark"]

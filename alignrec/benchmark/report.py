@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from alignrec import io
-from alignrec.benchmark.runner import OURS, BenchmarkResult, ModelRuns, per_user_test
+from alignrec.benchmark.results import OURS, BenchmarkResult, ModelRuns
 from alignrec.errors import DataError
+from alignrec.runs import PER_USER, per_user_test, read_history
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 SHORT = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
@@ -104,7 +105,7 @@ def seed_averaged(runs: ModelRuns, metric: str = TEST_METRIC) -> tuple[np.ndarra
     for folder in runs.folders[1:]:
         u, v = per_user_test(folder, metric)
         if not np.array_equal(u, users):
-            raise DataError("test users differ between seeds", file=folder / "per_user.npz")
+            raise DataError("test users differ between seeds", file=folder / PER_USER)
         total += v
     return users, total / len(runs.folders)
 
@@ -423,7 +424,6 @@ def _new_figure(width: float = 7.0, height: float = 4.0):
 
 def write_plots(result: BenchmarkResult, report: dict[str, Any], folder: Path) -> list[Path]:
     """A bar chart with std error bars per metric, and validation recall@20 per epoch (seed 0)."""
-    import json
 
     names = list(report["models"])
     paths = []
@@ -448,7 +448,7 @@ def write_plots(result: BenchmarkResult, report: dict[str, Any], folder: Path) -
     fig = _new_figure(8.0)
     ax = fig.add_subplot()
     for i, (name, runs) in enumerate(result.models.items()):
-        history = json.loads((runs.folders[0] / "history.json").read_text())
+        history = read_history(runs.folders[0])
         ax.plot(
             [h["epoch"] + 1 for h in history],
             [h["valid/recall@20"] for h in history],

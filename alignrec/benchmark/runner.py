@@ -4,7 +4,7 @@ For each model the grid of :mod:`alignrec.benchmark.grids` is searched on seed 0
 (:func:`alignrec.training.grid_search`: every point early-stopped on validation
 recall@20, only the winner scored on test), then the winning configuration is
 retrained on seeds ``1..n-1``. Every run writes the files of ``alignrec train``
-(:func:`alignrec.commands.train.write_run`) under ``<out>/runs/<model>/s<seed>/``
+(:func:`alignrec.runs.write_run`) under ``<out>/runs/<model>/s<seed>/``
 plus ``benchmark.json``, written last, holding the run's cache key: a hash of the
 resolved configs (every grid point's for seed 0), the seed, and the data the model
 reads. A rerun reuses every run whose key still matches, so a benchmark killed
@@ -22,19 +22,20 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alignrec import io
-from alignrec.commands.train import with_content_features, write_run
+from alignrec.benchmark.results import OURS, BenchmarkResult, ModelRuns
 from alignrec.data.dataset import Dataset
 from alignrec.env import torch_device
 from alignrec.errors import ConfigError
+from alignrec.features.sets import with_content_features
 from alignrec.models import MODELS, get_model_class
 from alignrec.models.base import MODALITY_PREFIX
+from alignrec.runs import METRICS, PER_USER, has_run_files, per_user_test, read_metrics, write_run
 from alignrec.training import (
     TrainingError,
     config_to_dict,
@@ -54,9 +55,7 @@ from alignrec.training.checkpoint import (
 
 log = logging.getLogger("alignrec.benchmark")
 
-OURS = "alignrec"  # the model compared with every baseline
 CONTENT_KEY = "content"  # the feature table AlignRec reads (AlignRecConfig.features)
-RUN_FILES = ("metrics.json", "per_user.npz", "history.json")
 STAMP = "benchmark.json"  # a finished run's cache key, written after its files
 # Train keys that change neither what is learned nor the scores.
 _NOT_IN_KEY = ("quiet", "eval_batch_size", "checkpoint_every_s")
@@ -64,66 +63,6 @@ _NOT_IN_KEY = ("quiet", "eval_batch_size", "checkpoint_every_s")
 # ``logger_factory(model, seed, tag)``: the metric logger of one training run (tag
 # ``g<i>`` for grid point i on seed 0, None otherwise), or None for no logging.
 LoggerFactory = Callable[[str, int, str | None], Any]
-
-
-@dataclass
-class ModelRuns:
-    """One model's runs, seed order.
-
-    Attributes:
-        model: registered name.
-        records: the ``metrics.json`` record of each seed.
-        folders: each seed's run folder.
-        reused: whether each run came from an earlier benchmark.
-        winner: the grid point chosen on validation (``{}`` without a grid).
-        grid: the grid searched (``{}``: defaults only).
-    """
-
-    model: str
-    records: list[dict[str, Any]] = field(default_factory=list)
-    folders: list[Path] = field(default_factory=list)
-    reused: list[bool] = field(default_factory=list)
-    winner: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-
-
-@dataclass
-class BenchmarkResult:
-    """What :func:`run_benchmark` ran, skipped and reported.
-
-    Attributes:
-        dataset: the dataset's name.
-        out: the benchmark folder (``report.md``, ``report.json``, ``plots/``, ``runs/``).
-        seeds: seeds per model (``0..seeds-1``).
-        models: the models that ran, in the order asked.
-        skipped: model -> why it did not run.
-        features: the feature set AlignRec read (None when it did not run).
-        report: the contents of ``report.json``.
-        wall_seconds: wall time of this call.
-        settings: the config keys set for every run (the protocol and the overrides).
-    """
-
-    dataset: str
-    out: Path
-    seeds: int
-    models: dict[str, ModelRuns]
-    skipped: dict[str, str]
-    features: str | None = None
-    report: dict[str, Any] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def report_md(self) -> Path:
-        return self.out / "report.md"
-
-    @property
-    def report_json(self) -> Path:
-        return self.out / "report.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.out / "plots"
 
 
 def default_out(dataset: str) -> Path:
@@ -482,11 +421,11 @@ def run_key(model: str, seed: int, configs: list[dict[str, Any]], data: dict[str
 def cached_record(folder: Path, key: str) -> dict[str, Any] | None:
     """The run's ``metrics.json`` record when ``folder`` holds a finished run with ``key``."""
     stamp = folder / STAMP
-    if not stamp.is_file() or not all((folder / f).is_file() for f in RUN_FILES):
+    if not stamp.is_file() or not has_run_files(folder):
         return None
     if json.loads(stamp.read_text()).get("key") != key:
         return None
-    return json.loads((folder / "metrics.json").read_text())
+    return read_metrics(folder)
 
 
 class NotCached(Exception):
@@ -608,8 +547,8 @@ def _log_test(logger: Any, result: Any, folder: Path) -> None:
     logger.log_metrics(
         {**result.test.prefixed("test"), "best_epoch": result.best_epoch}, step=result.best_epoch
     )
-    logger.log_artifact(folder / "metrics.json")
-    logger.log_artifact(folder / "per_user.npz")
+    logger.log_artifact(folder / METRICS)
+    logger.log_artifact(folder / PER_USER)
 
 
 def _train_once(
@@ -670,17 +609,12 @@ def _train_grid(
             _close(lg, ok)
 
 
-def per_user_test(folder: Path, metric: str = "recall@20") -> tuple[np.ndarray, np.ndarray]:
-    """(users, values) of a run's per-user test ``metric`` from its ``per_user.npz``."""
-    with np.load(folder / "per_user.npz") as z:
-        return z["test/users"], z[f"test/{metric}"]
-
-
 __all__ = [
     "OURS",
     "BenchmarkResult",
     "ModelRuns",
     "cached_record",
+    "per_user_test",
     "default_out",
     "model_names",
     "plan_models",

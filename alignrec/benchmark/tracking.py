@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from alignrec.benchmark.runner import BenchmarkResult
+from alignrec.benchmark.results import BenchmarkResult
 
 SUMMARY_TAGS = {"kind": "summary"}  # marks a benchmark's summary run
 

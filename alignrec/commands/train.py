@@ -1,6 +1,6 @@
 """``alignrec train``: train one model (or a validation-selected grid) and write its metrics.
 
-Writes into ``--out``:
+Writes into ``--out`` the run folder of :mod:`alignrec.runs`:
 
 * ``metrics.json`` — model, dataset, seed, best_epoch, epochs_run, train_seconds and
   ``valid`` / ``test`` objects keyed ``recall@K, ndcg@K, precision@K, map@K, hit@K``;
@@ -25,57 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
-from alignrec import io
-
-
-def _per_user_arrays(result) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    for split, ev in (("valid", result.valid), ("test", result.test)):
-        if ev is None:
-            continue
-        arrays[f"{split}/users"] = ev.users
-        for key, values in ev.per_user.items():
-            arrays[f"{split}/{key}"] = values
-    return arrays
-
-
-def run_record(result, grid=None) -> dict[str, Any]:
-    """The ``metrics.json`` record of a finished run (a grid search's winner with ``grid``)."""
-    summary = result.summary()
-    record = {
-        k: summary[k]
-        for k in ("model", "dataset", "seed", "best_epoch", "epochs_run", "train_seconds")
-    }
-    if summary.get("data_fingerprint"):
-        record["data_fingerprint"] = summary["data_fingerprint"]
-    if summary.get("processes", 1) > 1:
-        record["processes"] = summary["processes"]  # data-parallel over torchrun processes
-    record["stopped_early"] = summary["stopped_early"]
-    record["stop_reason"] = summary["stop_reason"]
-    if result.history:
-        n = len(result.history)
-        record["seconds_per_epoch"] = sum(h["time/epoch_seconds"] for h in result.history) / n
-        record["seconds_per_eval"] = sum(h["time/eval_seconds"] for h in result.history) / n
-    record["valid"] = summary["valid"]
-    record["test"] = summary["test"]
-    if grid is not None:
-        record["selected_on"] = f"valid/{grid.metric}"
-        record["grid_point"] = grid.points[grid.winner_index]
-    signum = grid.stop_signal if grid is not None and grid.interrupted else result.stop_signal
-    if signum:  # the run, or the search, was cut short: the next run resumes it
-        record["stop_signal"] = signal_name(signum)
-    return record
-
-
-def signal_name(signum: int) -> str:
-    """``SIGTERM`` for 15; the number for a signal Python does not name."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
+from alignrec.features.sets import with_content_features
+from alignrec.runs import METRICS, PER_USER, run_record, signal_name, write_run
 
 
 def exit_code(record: dict[str, Any]) -> int:
@@ -87,26 +40,6 @@ def exit_code(record: dict[str, Any]) -> int:
         return 128 + int(signal.Signals[name])
     except KeyError:
         return 128 + int(name) if str(name).isdigit() else 1
-
-
-def write_run(out: str | Path, result, grid=None) -> dict[str, Any]:
-    """Write a finished run's files into ``out`` and return the metrics record."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = result.summary()
-    record = run_record(result, grid)
-    io.write_json(out / "metrics.json", record)
-    io.write_json(
-        out / "config.json",
-        {"train": summary["train_config"], "model": summary["model_config"]},
-    )
-    io.write_json(out / "history.json", result.history)
-    with io.atomic_path(out / "per_user.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **_per_user_arrays(result))
-    io.write_torch(out / "model.pt", result.model.state_dict())
-    if grid is not None:
-        io.write_json(out / "grid.json", grid.table())
-    return record
 
 
 def run_train(
@@ -294,8 +227,8 @@ def _train_and_write(
                 step=result.best_epoch,
             )
         record = write_run(out, result, g) if group.is_main else run_record(result, g)
-        winner_logger.log_artifact(Path(out) / "metrics.json")
-        winner_logger.log_artifact(Path(out) / "per_user.npz")
+        winner_logger.log_artifact(Path(out) / METRICS)
+        winner_logger.log_artifact(Path(out) / PER_USER)
         if getattr(winner_logger, "run_id", None):
             record["mlflow_run_id"] = winner_logger.run_id
         for lg in loggers:
@@ -306,29 +239,18 @@ def _train_and_write(
         result = train(model, data, overrides, lg, seed=seed, device=device,
                        checkpoint=checkpointing())
         record = write_run(out, result) if group.is_main else run_record(result)
-        lg.log_artifact(Path(out) / "metrics.json")
-        lg.log_artifact(Path(out) / "per_user.npz")
+        lg.log_artifact(Path(out) / METRICS)
+        lg.log_artifact(Path(out) / PER_USER)
         if getattr(lg, "run_id", None):
             record["mlflow_run_id"] = lg.run_id
         getattr(lg, "close", lambda: None)()
     if export and group.is_main:
-        from alignrec.serving import export_recommender
+        from alignrec.serving import EXPORT_FILE, export_recommender
 
-        export_recommender(result.model, data, Path(out) / "recommender.npz")
+        export_recommender(result.model, data, Path(out) / EXPORT_FILE)
     if features is not None:
         record["features"] = features
     return record, result
-
-
-def with_content_features(data, spec: str, cache_dir: str | Path | None = None):
-    """``data`` with the feature set ``spec`` as ``features["content"]`` (what content models
-    read); ``cache_dir``: the encoder cache a ``raw:``/``fusion:`` set is read from."""
-    import dataclasses
-
-    from alignrec.features.pipeline import resolve_features
-
-    table = resolve_features(spec, data, cache_dir, progress=False).table
-    return dataclasses.replace(data, features={**data.features, "content": table})
 
 
 def format_record(record: dict[str, Any], ks: tuple[int, ...] = (10, 20)) -> str:
@@ -349,7 +271,15 @@ def format_record(record: dict[str, Any], ks: tuple[int, ...] = (10, 20)) -> str
     return "\n".join(lines)
 
 
-__all__ = ["exit_code", "format_record", "run_train", "write_run"]
+__all__ = [
+    "exit_code",
+    "format_record",
+    "run_record",
+    "run_train",
+    "signal_name",
+    "with_content_features",
+    "write_run",
+]
 
 
 def train_command(

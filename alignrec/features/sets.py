@@ -221,3 +221,14 @@ def load_table(path: str | Path, n_items: int) -> FeatureSet:
     except (OSError, ValueError) as exc:
         raise DataError(f"not a readable .npy array: {exc}", file=path) from exc
     return FeatureSet(str(path), check_table(arr, n_items, str(path)))
+
+
+def with_content_features(data, spec: str, cache_dir: str | Path | None = None):
+    """``data`` with the feature set ``spec`` as ``features["content"]`` (what content models
+    read); ``cache_dir``: the encoder cache a ``raw:``/``fusion:`` set is read from."""
+    import dataclasses
+
+    from alignrec.features.pipeline import resolve_features
+
+    table = resolve_features(spec, data, cache_dir, progress=False).table
+    return dataclasses.replace(data, features={**data.features, "content": table})

@@ -42,11 +42,10 @@ import torch
 
 from alignrec import io
 from alignrec.errors import ConfigError
+from alignrec.runs import CHECKPOINT, STATUS
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-STATUS = "status.json"
 FORMAT = 1
 # Train keys that change neither what is learned nor the scores: a checkpoint written under
 # other values of these is still resumed.

@@ -3,11 +3,12 @@ model must pass before anything downstream uses it."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from alignrec.runs import EXPORT, METRICS, WEIGHTS, read_metrics
 
 
 def run_problems(folder: str | Path, n_users: int, n_items: int) -> list[str]:
@@ -21,25 +22,25 @@ def run_problems(folder: str | Path, n_users: int, n_items: int) -> list[str]:
 
     folder = Path(folder)
     problems: list[str] = []
-    record = json.loads((folder / "metrics.json").read_text())
+    record = read_metrics(folder)
     epochs, best = record.get("epochs_run", 0), record.get("best_epoch", -1)
     if not 0 <= best < epochs:
-        problems.append(f"metrics.json: best_epoch {best} is not within the {epochs} epochs run")
+        problems.append(f"{METRICS}: best_epoch {best} is not within the {epochs} epochs run")
     for split in ("valid", "test"):
         for key, value in (record.get(split) or {}).items():
             if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1):
-                problems.append(f"metrics.json: {split}/{key} = {value!r} is not in [0, 1]")
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+                problems.append(f"{METRICS}: {split}/{key} = {value!r} is not in [0, 1]")
+    state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            problems.append(f"model.pt: {name} has non-finite values")
-    export = folder / "recommender.npz"
+            problems.append(f"{WEIGHTS}: {name} has non-finite values")
+    export = folder / EXPORT
     if export.is_file():
         with np.load(export, allow_pickle=False) as z:
             for key, rows in (("user_emb", n_users), ("item_emb", n_items)):
                 shape = z[key].shape
                 if shape[0] != rows:
-                    problems.append(f"recommender.npz: {key} has {shape[0]} rows, the dataset {rows}")
+                    problems.append(f"{EXPORT}: {key} has {shape[0]} rows, the dataset {rows}")
                 if not np.isfinite(z[key]).all():
-                    problems.append(f"recommender.npz: {key} has non-finite values")
+                    problems.append(f"{EXPORT}: {key} has non-finite values")
     return problems

@@ -1,0 +1,77 @@
+"""What a benchmark produced: each model's runs and the benchmark's result.
+
+Shared by :mod:`alignrec.benchmark.runner` (which fills them) and
+:mod:`alignrec.benchmark.report` (which reads them), so neither imports the other's module
+for its types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OURS = "alignrec"  # the model compared with every baseline
+
+
+@dataclass
+class ModelRuns:
+    """One model's runs, seed order.
+
+    Attributes:
+        model: registered name.
+        records: the ``metrics.json`` record of each seed.
+        folders: each seed's run folder.
+        reused: whether each run came from an earlier benchmark.
+        winner: the grid point chosen on validation (``{}`` without a grid).
+        grid: the grid searched (``{}``: defaults only).
+    """
+
+    model: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    reused: list[bool] = field(default_factory=list)
+    winner: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` ran, skipped and reported.
+
+    Attributes:
+        dataset: the dataset's name.
+        out: the benchmark folder (``report.md``, ``report.json``, ``plots/``, ``runs/``).
+        seeds: seeds per model (``0..seeds-1``).
+        models: the models that ran, in the order asked.
+        skipped: model -> why it did not run.
+        features: the feature set AlignRec read (None when it did not run).
+        report: the contents of ``report.json``.
+        wall_seconds: wall time of this call.
+        settings: the config keys set for every run (the protocol and the overrides).
+    """
+
+    dataset: str
+    out: Path
+    seeds: int
+    models: dict[str, ModelRuns]
+    skipped: dict[str, str]
+    features: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report_md(self) -> Path:
+        return self.out / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.out / "report.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.out / "plots"
+
+
+__all__ = ["OURS", "BenchmarkResult", "ModelRuns"]
