@@ -39,6 +39,25 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _imports_of(paths: list[Path]) -> dict[Path, set[str]]:
+    """:func:`_imports` of each path, parsed in a fresh interpreter: inside a long test session
+    CPython 3.11's ``ast.parse`` can fail with "AST constructor recursion depth mismatch"
+    (seen in CI after other tests ran), a state of the process, not of the files."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys; from pathlib import Path; from tests.test_layering import _imports; "
+        "print(json.dumps({p: sorted(_imports(Path(p))) for p in sys.argv[1:]}))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, *map(str, paths)],
+        cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120, check=True,
+    )
+    return {Path(p): set(v) for p, v in json.loads(res.stdout).items()}
+
+
 def _library_modules() -> list[Path]:
     return [
         p
@@ -54,8 +73,9 @@ def _is_under(module: str, package: str) -> bool:
 def test_library_modules_do_not_import_the_cli():
     modules = _library_modules()
     assert PACKAGE / "runs.py" in modules and len(modules) > 20
+    imports = _imports_of(modules)
     offenders = {
-        _module_name(p): sorted(m for m in _imports(p) if any(_is_under(m, c) for c in CLI))
+        _module_name(p): sorted(m for m in imports[p] if any(_is_under(m, c) for c in CLI))
         for p in modules
     }
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -65,8 +85,8 @@ def test_benchmark_report_and_runner_do_not_import_each_other():
     """One way only: the runner writes the report (runner -> report); the report reads the
     runs through alignrec.benchmark.results and alignrec.runs, never the runner."""
     bench = PACKAGE / "benchmark"
-    report = _imports(bench / "report.py")
-    runner = _imports(bench / "runner.py")
+    found = _imports_of([bench / "report.py", bench / "runner.py"])
+    report, runner = found[bench / "report.py"], found[bench / "runner.py"]
     assert not any(_is_under(m, "alignrec.benchmark.runner") for m in report)
     assert any(_is_under(m, "alignrec.benchmark.report") for m in runner)
     for module in (report, runner):
