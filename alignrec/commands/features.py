@@ -198,12 +198,7 @@ def record_stage1(dataset: str, cfg, res, device: str) -> Path:
                                            **res.summary()})
     lines = [f"# Stage 1 on {dataset}", ""]
     if res.choice is not None:
-        lines += ["| features | zero-shot valid R@20 | item-CF valid R@20 | score |",
-                  "|---|---|---|---|"]
-        for s in res.choice.scores:
-            name = f"**{s.name}** (stage 2 reads it)" if s.name == res.choice.chosen else s.name
-            lines.append(f"| {name} | {s.zero_shot:.4f} | {s.item_cf:.4f} | {s.score:.4f} |")
-        lines += ["", f"Rule: {res.choice.rule}."]
+        lines.append(res.choice.table())
     secs = sum(res.extraction_seconds.values())
     lines += ["", f"Stage 1 took {res.train.seconds:.0f} s of fusion training after "
               f"{secs:.0f} s of encoder extraction (0 when cached), on {device}.", "",

@@ -137,6 +137,15 @@ class Choice:
         return {"chosen": self.chosen, "rule": self.rule,
                 "scores": [s.to_dict() for s in self.scores]}
 
+    def table(self) -> str:
+        """The candidates' validation scores as markdown, the winner marked, the rule below."""
+        lines = ["| features | zero-shot valid R@20 | item-CF valid R@20 | score |",
+                 "|---|---|---|---|"]
+        for s in self.scores:
+            name = f"**{s.name}** (stage 2 reads it)" if s.name == self.chosen else s.name
+            lines.append(f"| {name} | {s.zero_shot:.4f} | {s.item_cf:.4f} | {s.score:.4f} |")
+        return "\n".join(lines) + f"\n\nRule: {self.rule}."
+
     def summary(self) -> str:
         """One line for logs, metadata and reports."""
         best = next(s for s in self.scores if s.name == self.chosen)

@@ -91,10 +91,9 @@ def stage1_features(
     compute: ComputeResource,
 ) -> dict:
     from alignrec import io
-    from alignrec.features.cache import extract
-    from alignrec.features.fusion import FusionConfig, encode_items, pretrain_fusion, save_fusion
-    from alignrec.features.pretext import flagged, format_pretext, pretext_check, pretext_metrics
-    from alignrec.features.selection import choose_features, raw_candidates
+    from alignrec.features.fusion import FusionConfig, save_fusion
+    from alignrec.features.pipeline import pretrain_features
+    from alignrec.features.pretext import flagged, format_pretext
     from orchestration.paths import dataset_folder
 
     if encoder_outputs.get("skipped"):
@@ -102,22 +101,19 @@ def stage1_features(
     # float results depend on the thread count: the same one everywhere (torch_device caps it)
     device = compute.torch_device()
     ds = _dataset(dataset)
-    outputs = extract(ds, encoder_outputs["cache_dir"], progress=False)
     fusion_cfg = FusionConfig.from_dict(parse_overrides(config.overrides))
     folder = dataset_folder(context, ds.name) / "stage1"
     with mlflow.logger(f"stage1-{ds.name}", "fusion-pretraining",
                        {"dataset": ds.name, "dagster_run": context.run_id}) as lg:
         lg.log_params({f"fusion.{k}": v for k, v in fusion_cfg.to_dict().items()})
-        result = pretrain_fusion(outputs, fusion_cfg, logger=lg, progress=True, device=device)
-        features = encode_items(result.model, outputs)
-        pretext = pretext_check(result.model, outputs)
+        # pretraining, the pretext check (logged to lg) and the validation choice for stage 2
+        res = pretrain_features(ds, encoder_outputs["cache_dir"], fusion_cfg, logger=lg,
+                                progress=True, device=device)
+        result, features, pretext, choice = res.train, res.features, res.pretext, res.choice
         bad = flagged(pretext)
-        lg.log_metrics(pretext_metrics(pretext))
         lg.set_tags({"pretext_flagged": ", ".join(bad) or "none"})
         if bad:
             context.log.warning("stage 1 does not beat interpolation on %s", ", ".join(bad))
-        candidates = {"stage1": features, **raw_candidates(outputs)}
-        choice = choose_features(ds, candidates)
         context.log.info(choice.summary())
         lg.set_tags({"stage2_features": choice.chosen})
         lg.log_metrics({f"select/{s.name.replace(':', '_')}/score": s.score for s in choice.scores})
@@ -125,7 +121,7 @@ def stage1_features(
         io.write_npy(folder / "stage1.npy", features)
         io.write_json(folder / "choice.json", {**choice.to_dict(),
                                                "pretext": [p.to_dict() for p in pretext]})
-        io.write_npy(folder / "features.npy", candidates[choice.chosen])
+        io.write_npy(folder / "features.npy", res.stage2_features)
         io.write_json(folder / "history.json", result.history)
         lg.log_metrics({"time/pretrain_seconds": result.seconds})
         lg.log_artifact(folder / "history.json")
@@ -141,7 +137,7 @@ def stage1_features(
         {
             "shape": str(features.shape),
             "stage2_features": choice.chosen,
-            "choice": dg.MetadataValue.md(choice_table(choice)),
+            "choice": dg.MetadataValue.md(choice.table()),
             "pretext_check": dg.MetadataValue.md(f"```\n{format_pretext(pretext)}\n```"),
             "pretext_flagged": ", ".join(bad) or "none",
             "pretrain_seconds": dg.MetadataValue.float(result.seconds),
@@ -154,15 +150,6 @@ def stage1_features(
     return {"name": ds.name, "features": str(folder / "features.npy"),
             "stage1": str(folder / "stage1.npy"), "encoder": str(folder / "encoder"),
             "stage2_features": choice.chosen, "items": ds.n_items, "mlflow_run_id": run_id}
-
-
-def choice_table(choice) -> str:
-    """The validation scores of stage 2's candidate feature sets, as markdown."""
-    lines = ["| features | zero-shot R@20 | item-CF R@20 | score |", "|---|---|---|---|"]
-    for s in choice.scores:
-        name = f"**{s.name}** (stage 2 reads it)" if s.name == choice.chosen else s.name
-        lines.append(f"| {name} | {s.zero_shot:.4f} | {s.item_cf:.4f} | {s.score:.4f} |")
-    return "\n".join(lines) + f"\n\nRule: {choice.rule}."
 
 
 @dg.asset_check(asset=stage1_features, blocking=True, partitions_def=dataset_partitions,
