@@ -65,7 +65,7 @@ def test_stage1_runs_at_the_compute_resources_threads_and_device(tmp_path, monke
     import torch
 
     import alignrec.features.cache
-    import alignrec.features.fusion
+    import alignrec.features.pipeline
     from alignrec.data import load_dataset
     from orchestration.assets.features import Stage1Config, encoder_outputs, stage1_features
     from orchestration.resources import ComputeResource, MLflowResource
@@ -75,7 +75,7 @@ def test_stage1_runs_at_the_compute_resources_threads_and_device(tmp_path, monke
 
     def record(step):
         def call(*args, **kwargs):
-            seen.append((step, torch.get_num_threads(), kwargs.get("device")))
+            seen.append((step, torch.get_num_threads(), str(kwargs.get("device"))))
             raise RuntimeError("stop here")
 
         return call
@@ -91,8 +91,9 @@ def test_stage1_runs_at_the_compute_resources_threads_and_device(tmp_path, monke
         with pytest.raises(RuntimeError, match="stop here"):
             encoder_outputs(context=context, dataset=ref, compute=compute)
         torch.set_num_threads(2)
-        monkeypatch.setattr(alignrec.features.cache, "extract", lambda *a, **k: None)
-        monkeypatch.setattr(alignrec.features.fusion, "pretrain_fusion", record("pretrain"))
+        # stage 1 runs through the library's pretrain_features, which holds its own names
+        monkeypatch.setattr(alignrec.features.pipeline, "extract", lambda *a, **k: None)
+        monkeypatch.setattr(alignrec.features.pipeline, "pretrain_fusion", record("pretrain"))
         with pytest.raises(RuntimeError, match="stop here"):
             stage1_features(context=context, config=Stage1Config(), dataset=ref,
                             encoder_outputs={"cache_dir": "unused"}, mlflow=MLflowResource(),
