@@ -15,6 +15,7 @@ from alignrec.models.base import (
     embedding_reg,
     id_embeddings,
     normalized_adjacency,
+    part,
 )
 from alignrec.models.sparse import EdgeGraph, mean_propagation
 
@@ -50,7 +51,19 @@ class LightGCN(InnerProductModel):
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         # F.embedding gathers: their backward is deterministic with several threads,
         # unlike advanced indexing's accumulate-put.
-        user_all, item_all = self.propagate()
+        with part("graph"):
+            user_all, item_all = self.propagate()
+        with part("loss"):
+            return self._loss(user_all, item_all, users, pos, neg)
+
+    def _loss(
+        self,
+        user_all: torch.Tensor,
+        item_all: torch.Tensor,
+        users: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+    ) -> torch.Tensor:
         u = F.embedding(users, user_all)
         p, n = F.embedding(pos, item_all), F.embedding(neg, item_all)
         mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
