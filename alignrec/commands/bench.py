@@ -1,23 +1,112 @@
-"""``alignrec bench-speed``: seconds per training epoch, per full validation, and peak memory.
+"""``alignrec bench-speed``: seconds per training epoch, its parts, per full validation, peak memory.
 
 Not a test: it measures this implementation on a real dataset so that speed
 claims (alignrec.md's reference: about 6–7 s/epoch and 5–7 s/evaluation for
 LightGCN on amazon-baby on a 2-core CPU) are backed by numbers.
+
+What is measured, per model:
+
+- **epoch**: wall time of a training epoch (negative sampling, ``on_epoch_start`` and every
+  step), unprofiled; the median over ``epochs`` epochs after a warm-up. With ``batches`` only
+  the first N steps of each epoch run and the step time is scaled to the epoch's full number
+  of batches (sampling and ``on_epoch_start`` are counted once, as in a full epoch).
+- **parts** of the epoch: ``graph``, ``content`` and ``loss`` as the model labels the pieces
+  of its ``loss()`` (:func:`alignrec.models.base.part`), ``backward`` and ``optimiser``
+  (``loss.backward()`` and ``optimizer.step()``), and ``other`` (the rest: sampling,
+  unlabelled forward code, ``zero_grad``). They come from ``torch.profiler`` over
+  ``profile_batches`` extra steps: each labelled range's wall time, children included, a
+  label nested in another counted once, in the inner one. The profiler adds a few
+  microseconds per operator, more to a model of many small operators, so the profiled
+  shares are applied to the unprofiled step time: the parts add up to the epoch. The
+  ranges are host time; on CUDA the device is synchronised only around backward and the
+  optimiser step, so there the model's own parts are launch time, not device time.
+- **validation**: wall time of a full validation pass (score, mask, rank every valid user).
+- **peak RSS**: the process's peak resident memory (each model runs in its own process in
+  the all-models mode).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from datetime import UTC, datetime
+from itertools import chain, islice
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+REFERENCE = "lightgcn"  # the model every other is compared with
+STEP_PARTS = ("backward", "optimiser")  # timed here, around the trainer's own calls
+# Epoch parts in the order the tables give them; "other" is what no label covers.
+PART_COLUMNS = ("graph", "content", "loss", *STEP_PARTS, "other")
+STEP_RANGE = "bench:step"
+# Targets of the speed work, as ratios to the reference on the same dataset.
+TARGETS = {"epoch": 3.0, "epoch:alignrec": 2.0, "validation": 1.5}
 
 
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_bench_dataset(dataset: str):
+    """A registered dataset by name, or a generated one: ``synthetic:electronics``,
+    ``synthetic:tiny,dim=0`` (see :func:`alignrec.data.synthetic.parse_scale`)."""
+    from alignrec.data.synthetic import SCALE_PREFIX, scale_dataset
+
+    if dataset.startswith(SCALE_PREFIX):
+        return scale_dataset(dataset)
+    from alignrec.data import load_dataset
+
+    return load_dataset(dataset)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def part_seconds(events: Any) -> tuple[dict[str, float], float]:
+    """Seconds per ``part:<name>`` label and the total of the ``bench:step`` ranges, from a
+    profiler's events. A label inside another counts for the inner one only."""
+    ranges = sorted(
+        (
+            (e.time_range.start, e.time_range.end, e.name)
+            for e in events
+            if e.name.startswith("part:") or e.name == STEP_RANGE
+        ),
+        key=lambda r: (r[0], -r[1]),
+    )
+    parts: dict[str, float] = {}
+    steps = 0.0
+    stack: list[list[Any]] = []  # open part ranges: [end, name, exclusive us]
+
+    def close(entry: list[Any]) -> None:
+        parts[entry[1]] = parts.get(entry[1], 0.0) + entry[2]
+
+    for start, end, name in ranges:
+        while stack and stack[-1][0] <= start:
+            close(stack.pop())
+        if name == STEP_RANGE:
+            steps += end - start
+            continue
+        if stack:
+            stack[-1][2] -= end - start
+        stack.append([end, name.removeprefix("part:"), float(end - start)])
+    while stack:
+        close(stack.pop())
+    return {k: max(v, 0.0) / 1e6 for k, v in parts.items()}, steps / 1e6
 
 
 def bench_speed(
@@ -30,15 +119,18 @@ def bench_speed(
     threads: int | None = None,
     seed: int = 0,
     features: str | None = None,
+    batches: int | None = None,
+    profile_batches: int = 10,
 ) -> dict[str, Any]:
-    """Time ``epochs`` training epochs and ``evals`` full validation evaluations.
-
-    The first epoch and evaluation are warm-ups and excluded from the medians.
+    """Time ``epochs`` training epochs (the first ``batches`` steps of each, scaled to the
+    epoch, when given), profile ``profile_batches`` more steps, and time ``evals`` full
+    validations. The first epoch and evaluation are warm-ups, excluded from the medians.
+    See the module docstring for what each figure means.
     """
     import torch
 
     from alignrec.benchmark.runner import prepare_inputs
-    from alignrec.data import load_dataset
+    from alignrec.env import torch_device
     from alignrec.errors import ConfigError
     from alignrec.evaluation import Evaluator
     from alignrec.models import get_model_class
@@ -46,9 +138,12 @@ def bench_speed(
 
     if threads:
         torch.set_num_threads(int(threads))
+    if batches is not None and batches < 1:
+        raise ConfigError(f"batches must be >= 1, got {batches}")
+    device = torch_device(device)
     train_cfg, model_cfg = resolve_configs(model, parse_assignments(sets))
     t0 = time.perf_counter()
-    data = load_dataset(dataset)
+    data = load_bench_dataset(dataset)
     # what the benchmark gives the model: modality tables, AlignRec's features
     data, skipped, _ = prepare_inputs(data, [model.lower()], features, progress=False)
     if skipped:
@@ -63,35 +158,84 @@ def bench_speed(
     from alignrec.training.trainer import evaluate_model, make_optimizer
 
     opt = make_optimizer(net, train_cfg)
+    n_batches = math.ceil(len(sampler) / train_cfg.batch_size)
+    run_batches = min(batches or n_batches, n_batches)
 
-    epoch_s, eval_s, epoch_cpu, eval_cpu = [], [], [], []
-    for epoch in range(epochs + 1):
-        t, c = time.perf_counter(), time.process_time()
+    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = net.loss(users.to(device), pos.to(device), neg.to(device))
+        with torch.profiler.record_function("part:backward"):
+            loss.backward()
+            _sync(device)
+        with torch.profiler.record_function("part:optimiser"):
+            opt.step()
+            _sync(device)
+
+    def epoch_batches(epoch: int):
         net.train()
         net.on_epoch_start(epoch)
-        for users, pos, neg in sampler.epoch(train_cfg.batch_size):
-            opt.zero_grad(set_to_none=True)
-            loss = net.loss(users.to(device), pos.to(device), neg.to(device))
-            loss.backward()
-            opt.step()
-        epoch_s.append(time.perf_counter() - t)
-        epoch_cpu.append(time.process_time() - c)
+        it = sampler.epoch(train_cfg.batch_size)
+        first = next(it)  # the whole epoch's negatives are drawn here
+        return chain([first], it)
+
+    epoch_s, eval_s, epoch_cpu, eval_cpu, setup_s = [], [], [], [], []
+    for epoch in range(epochs + 1):
+        t, c = time.perf_counter(), time.process_time()
+        it = epoch_batches(epoch)
+        setup, setup_cpu = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
+        for users, pos, neg in islice(it, run_batches):
+            step(users, pos, neg)
+        _sync(device)
+        scale = n_batches / run_batches
+        setup_s.append(setup)
+        epoch_s.append(setup + scale * (time.perf_counter() - t))
+        epoch_cpu.append(setup_cpu + scale * (time.process_time() - c))
+
+    parts: dict[str, float] = {}
+    profiled_step = float("nan")
+    n_prof = min(profile_batches, n_batches)
+    if n_prof > 0:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for users, pos, neg in islice(epoch_batches(epochs + 1), n_prof):
+                with torch.profiler.record_function(STEP_RANGE):
+                    step(users, pos, neg)
+        labelled, total = part_seconds(prof.events())
+        profiled_step = total / n_prof
+        parts = {k: v / total for k, v in labelled.items()} if total > 0 else {}
+
     result = None
     for _ in range(evals + 1):
         t, c = time.perf_counter(), time.process_time()
         result = evaluate_model(net, evaluator)
         eval_s.append(time.perf_counter() - t)
         eval_cpu.append(time.process_time() - c)
+    epoch = statistics.median(epoch_s[1:]) if epochs else float("nan")
+    # an epoch's steps: the epoch less its sampling and on_epoch_start
+    steps = epoch - min(statistics.median(setup_s[1:]), epoch) if epochs else float("nan")
+    seconds = {k: parts.get(k, 0.0) * steps for k in PART_COLUMNS[:-1]}
+    seconds["other"] = max(epoch - sum(seconds.values()), 0.0)
     return {
-        "model": model,
+        "model": model.lower(),
         "dataset": dataset,
+        "device": str(device),
         "threads": torch.get_num_threads(),
         "train_pairs": len(data.train),
         "eval_users": len(evaluator.users),
+        "batch_size": train_cfg.batch_size,
+        "batches_per_epoch": n_batches,
+        "batches_timed": run_batches,
         "load_seconds": load_s,
         "build_seconds": build_s,
-        "epoch_seconds": statistics.median(epoch_s[1:]) if epochs else float("nan"),
+        "epoch_seconds": epoch,
         "epoch_seconds_all": epoch_s,
+        "step_seconds": steps / n_batches,
+        # the profiled step's wall time: its excess over step_seconds is the profiler's own cost
+        "profiled_step_seconds": profiled_step,
+        "profile_batches": n_prof,
+        # shares of a step per label (the profiled fractions), and seconds per epoch per part
+        "step_shares": parts,
+        "parts_seconds": seconds if n_prof and epochs else {},
         "eval_seconds": statistics.median(eval_s[1:]) if evals else float("nan"),
         "eval_seconds_all": eval_s,
         # CPU time of this process (user + system, all threads): steadier than wall time
@@ -99,33 +243,250 @@ def bench_speed(
         "epoch_cpu_seconds": statistics.median(epoch_cpu[1:]) if epochs else float("nan"),
         "eval_cpu_seconds": statistics.median(eval_cpu[1:]) if evals else float("nan"),
         "peak_rss_mib": peak_rss_mib(),
+        "peak_device_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
         "valid_recall@20": result.metrics["recall@20"] if result else float("nan"),
     }
 
 
-def bench_speed_command(
-    model: str = typer.Option("lightgcn", "--model", help="registered model name"),
-    dataset: str = typer.Option("amazon-baby", "--dataset", help="registered dataset name"),
-    epochs: int = typer.Option(3, help="timed training epochs (after one warm-up)"),
-    evals: int = typer.Option(3, help="timed full validation evaluations (after one warm-up)"),
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")
-    ] = None,
-    device: str = typer.Option("cpu", help="torch device"),
-    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
-    features: str = typer.Option(None, "--features", help="item features of a content model"),
-) -> None:
-    """Print seconds per training epoch, seconds per full validation and peak memory."""
-    r = bench_speed(model, dataset, epochs, evals, sets, device, threads or None, features=features)
+# ------------------------------------------------------------------ every model, one sitting
+
+
+def model_list(models: str) -> list[str]:
+    """``all`` or a comma-separated list as registered names, the reference first when
+    present; a :class:`ConfigError` naming the registered models for an unknown one."""
+    from alignrec.errors import ConfigError
+    from alignrec.models import MODELS, get_model_class
+
+    if models.strip().lower() == "all":
+        names = list(MODELS)
+    else:
+        names = []
+        for m in (x.strip() for x in models.split(",")):
+            if not m:
+                continue
+            get_model_class(m)
+            if m.lower() not in names:
+                names.append(m.lower())
+    if not names:
+        raise ConfigError("no model given: pass --models all or a comma-separated list")
+    return sorted(names, key=lambda n: n != REFERENCE)
+
+
+def _run_worker(kwargs: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """``bench_speed(**kwargs)`` in a fresh process, so that its peak memory is its own."""
+    with tempfile.TemporaryDirectory(prefix="alignrec-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "alignrec.commands.bench", json.dumps(kwargs), str(out)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"model": kwargs["model"], "skipped": f"did not finish within {timeout:.0f} s"}
+        if out.is_file():
+            return json.loads(out.read_text())
+        lines = [x for x in (proc.stderr or "").splitlines() if x.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            why = f"killed by signal {-proc.returncode} (out of memory?)"
+        return {"model": kwargs["model"], "skipped": f"failed: {why}"}
+
+
+def _worker_main(argv: list[str]) -> int:
+    """Entry point of one model's process: ``python -m alignrec.commands.bench KWARGS OUT``."""
+    from alignrec import io
+    from alignrec.env import configure_process
+    from alignrec.errors import AlignRecError
+
+    configure_process()
+    kwargs, out = json.loads(argv[0]), argv[1]
+    try:
+        record = bench_speed(**kwargs)
+    except AlignRecError as exc:  # the model cannot run on this dataset: say why
+        record = {"model": kwargs["model"], "skipped": str(exc)}
+    io.write_json(out, record)
+    return 0
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def bench_all(
+    models: list[str],
+    dataset: str,
+    out: str | Path | None = None,
+    command: str = "",
+    timeout: float | None = None,
+    echo: Any = print,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Run :func:`bench_speed` for every model of ``models``, each in its own process and in
+    this order, then write ``<out>/profile.json`` and ``<out>/profile.md`` (when ``out``)."""
+    import torch
+
+    rows = []
+    for name in models:
+        echo(f"{name} ...")
+        row = _run_worker({"model": name, "dataset": dataset, **kwargs}, timeout)
+        rows.append(row)
+        echo("  " + (f"skipped: {row['skipped']}" if "skipped" in row else _brief(row)))
+    add_ratios(rows)
+    report = {
+        "dataset": dataset,
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "machine": machine(),
+        "torch": torch.__version__,
+        "threads": kwargs.get("threads"),
+        "settings": kwargs,
+        "models": rows,
+    }
+    if out is not None:
+        from alignrec import io
+
+        out = Path(out)
+        io.write_json(out / "profile.json", report)
+        io.write_text(out / "profile.md", profile_markdown(report))
+    return report
+
+
+def _brief(row: dict[str, Any]) -> str:
+    return (
+        f"epoch {row['epoch_seconds']:.2f} s, validation {row['eval_seconds']:.2f} s, "
+        f"peak RSS {row['peak_rss_mib']:.0f} MiB"
+    )
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each measured row's epoch and validation time as a ratio to the reference's."""
+    ref = next((r for r in rows if r["model"] == REFERENCE and "skipped" not in r), None)
+    for r in rows:
+        if "skipped" in r or ref is None:
+            continue
+        r["epoch_ratio"] = r["epoch_seconds"] / ref["epoch_seconds"]
+        r["eval_ratio"] = r["eval_seconds"] / ref["eval_seconds"]
+        epoch_target = TARGETS.get(f"epoch:{r['model']}", TARGETS["epoch"])
+        r["within_targets"] = bool(
+            r["epoch_ratio"] <= epoch_target and r["eval_ratio"] <= TARGETS["validation"]
+        )
+
+
+def _s(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return ""
+    return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def profile_markdown(report: dict[str, Any]) -> str:
+    """The profile as a markdown file: a heading, the table, the models not run, the command."""
+    rows = report["models"]
+    scaled = any(r["batches_timed"] < r["batches_per_epoch"] for r in rows if "skipped" not in r)
+    lines = [
+        f"# Speed profile on {report['dataset']}",
+        "",
+        "| model | epoch s | x LightGCN | graph | content | loss | backward | optimiser | other "
+        "| validation s | x LightGCN | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            continue
+        parts = r.get("parts_seconds") or {}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["model"],
+                    _s(r["epoch_seconds"]),
+                    _ratio(r.get("epoch_ratio")),
+                    *(_s(parts.get(p)) for p in PART_COLUMNS),
+                    _s(r["eval_seconds"]),
+                    _ratio(r.get("eval_ratio")),
+                    f"{r['peak_rss_mib']:.0f}",
+                ]
+            )
+            + " |"
+        )
+    lines.append("")
+    skipped = [r for r in rows if "skipped" in r]
+    if skipped:
+        lines += [f"Not run: {r['model']}: {r['skipped']}" for r in skipped]
+        lines.append("")
+    s = report["settings"]
+    how = (
+        f"Produced by `{report['command']}`"
+        + (f" on {report['git_commit'][:10]}" if report.get("git_commit") else "")
+        + f", {report['date'][:10]}, torch {report['torch']}, {report['machine']['cpu']}. "
+        "Seconds per training epoch (median of "
+        f"{s.get('epochs')} after a warm-up"
+        + (
+            f"; the first {s.get('batches')} batches of each epoch timed and scaled to the "
+            "epoch's batches"
+            if scaled
+            else ""
+        )
+        + "), split into parts by torch.profiler's shares of "
+        f"{s.get('profile_batches')} profiled steps; validation: one full pass, median of "
+        f"{s.get('evals')}."
+    )
+    lines.append(how)
+    return "\n".join(lines) + "\n"
+
+
+def _print_single(r: dict[str, Any]) -> None:
     typer.echo(
         f"{r['model']} on {r['dataset']} ({r['threads']} threads, {r['train_pairs']:,} train pairs, "
         f"{r['eval_users']:,} valid users)"
     )
+    timed = (
+        f"; first {r['batches_timed']} of {r['batches_per_epoch']} batches timed, scaled"
+        if r["batches_timed"] < r["batches_per_epoch"]
+        else ""
+    )
     typer.echo(
-        f"  train epoch     {r['epoch_seconds']:.3f} s  (median; all: "
+        f"  train epoch     {r['epoch_seconds']:.3f} s  (median{timed}; all: "
         + ", ".join(f"{x:.2f}" for x in r["epoch_seconds_all"])
         + ")"
     )
+    parts = r.get("parts_seconds") or {}
+    if parts:
+        typer.echo(
+            "  epoch parts     "
+            + ", ".join(f"{p} {parts[p]:.3f}" for p in PART_COLUMNS)
+            + f" s  (profiler shares of {r['profile_batches']} steps; profiled step "
+            f"{1000 * r['profiled_step_seconds']:.1f} ms, unprofiled {1000 * r['step_seconds']:.1f} ms)"
+        )
     typer.echo(
         f"  full validation {r['eval_seconds']:.3f} s  (median; all: "
         + ", ".join(f"{x:.2f}" for x in r["eval_seconds_all"])
@@ -136,4 +497,133 @@ def bench_speed_command(
         f"{r['eval_cpu_seconds']:.3f} s per validation (medians, user + system)"
     )
     typer.echo(f"  peak RSS        {r['peak_rss_mib']:.0f} MiB")
+    if r.get("peak_device_mib") is not None:
+        typer.echo(f"  peak device     {r['peak_device_mib']:.0f} MiB allocated")
     typer.echo(f"  load {r['load_seconds']:.2f} s, build {r['build_seconds']:.2f} s")
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    head = ("model", "epoch s", "x ref", *PART_COLUMNS, "valid s", "x ref", "RSS MiB")
+    table = [head]
+    for r in report["models"]:
+        if "skipped" in r:
+            continue
+        p = r.get("parts_seconds") or {}
+        table.append(
+            (
+                r["model"],
+                _s(r["epoch_seconds"]),
+                _ratio(r.get("epoch_ratio")),
+                *(_s(p.get(k)) for k in PART_COLUMNS),
+                _s(r["eval_seconds"]),
+                _ratio(r.get("eval_ratio")),
+                f"{r['peak_rss_mib']:.0f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        typer.echo(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    for r in report["models"]:
+        if "skipped" in r:
+            typer.echo(f"not run: {r['model']}: {r['skipped']}")
+    over = [r["model"] for r in report["models"] if r.get("within_targets") is False]
+    if over:
+        typer.echo(
+            f"over target (epoch <= {TARGETS['epoch']:g}x {REFERENCE}, alignrec "
+            f"<= {TARGETS['epoch:alignrec']:g}x; validation <= {TARGETS['validation']:g}x): "
+            + ", ".join(over)
+        )
+
+
+def _command_line(**opts: Any) -> str:
+    parts = ["alignrec bench-speed"]
+    for key, value in opts.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, list):
+            parts += [f"{flag} {v}" for v in value]
+        else:
+            parts.append(flag if value is True else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def bench_speed_command(
+    model: str = typer.Option("lightgcn", "--model", help="registered model name"),
+    models: str = typer.Option(
+        None,
+        "--models",
+        help="'all' or a comma-separated list: every model in its own process, in one "
+        "sitting, LightGCN first as the reference; prints the profile table",
+    ),
+    dataset: str = typer.Option(
+        "amazon-baby",
+        "--dataset",
+        help="registered dataset name, or a generated one: synthetic:electronics, "
+        "synthetic:tiny[,key=value...]",
+    ),
+    epochs: int = typer.Option(3, help="timed training epochs (after one warm-up)"),
+    evals: int = typer.Option(3, help="timed full validation evaluations (after one warm-up)"),
+    batches: int = typer.Option(
+        0, help="time only the first N batches of each epoch and scale to the epoch (0: all)"
+    ),
+    profile_batches: int = typer.Option(
+        10, help="steps profiled to split the epoch into parts (0: no profile)"
+    ),
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")
+    ] = None,
+    device: str = typer.Option("cpu", help="torch device"),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
+    features: str = typer.Option(None, "--features", help="item features of a content model"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="with --models: write profile.json and profile.md here"),
+    ] = None,
+    timeout: float = typer.Option(
+        0,
+        help="with --models: seconds a model may take before it is listed as not run (0: no limit)",
+    ),
+) -> None:
+    """Print seconds per training epoch and its parts, seconds per full validation and peak memory."""
+    settings = {
+        "epochs": epochs,
+        "evals": evals,
+        "sets": sets,
+        "device": device,
+        "threads": threads or None,
+        "features": features,
+        "batches": batches or None,
+        "profile_batches": profile_batches,
+    }
+    if models is None:
+        _print_single(bench_speed(model, dataset, **settings))
+        return
+    names = model_list(models)
+    command = _command_line(
+        models=models,
+        dataset=dataset,
+        threads=threads or None,
+        epochs=epochs,
+        evals=evals,
+        batches=batches or None,
+        profile_batches=profile_batches,
+        set=sets,
+        device=None if device == "cpu" else device,
+        features=features,
+        out=out,
+        timeout=timeout or None,
+    )
+    report = bench_all(names, dataset, out, command, timeout or None, echo=typer.echo, **settings)
+    _print_table(report)
+    if out is not None:
+        typer.echo(f"wrote {Path(out) / 'profile.json'} and {Path(out) / 'profile.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

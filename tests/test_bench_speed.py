@@ -1,0 +1,148 @@
+"""``alignrec bench-speed``: the epoch's parts, the all-models profile and its files (tiny data)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from alignrec import cli
+from alignrec.commands.bench import PART_COLUMNS, bench_speed, part_seconds
+
+TINY = "synthetic:tiny"
+
+
+def test_parts_of_a_labelled_model_are_present_and_non_negative():
+    r = bench_speed("lightgcn", TINY, epochs=1, evals=1, threads=1, profile_batches=2)
+    parts = r["parts_seconds"]
+    assert set(parts) == set(PART_COLUMNS)
+    assert all(v >= 0 for v in parts.values()), parts
+    # LightGCN labels its propagation and its loss; backward and the step are always timed
+    for name in ("graph", "loss", "backward", "optimiser"):
+        assert parts[name] > 0, (name, parts)
+    assert parts["content"] == 0  # LightGCN has no content branch
+    assert sum(parts.values()) == pytest.approx(r["epoch_seconds"])
+    assert r["eval_seconds"] > 0 and r["peak_rss_mib"] > 0
+
+
+def test_batches_times_the_first_batches_and_scales_to_the_epoch():
+    # 1,200 interactions: about 870 train pairs; batches of 100 make 9 per epoch
+    r = bench_speed(
+        "bpr",
+        TINY,
+        epochs=1,
+        evals=0,
+        threads=1,
+        batches=2,
+        profile_batches=0,
+        sets=["batch_size=100"],
+    )
+    assert r["batches_timed"] == 2
+    assert r["batches_per_epoch"] == -(-r["train_pairs"] // 100)
+    assert r["parts_seconds"] == {}  # no profile asked for
+
+
+def _event(name: str, start: float, end: float) -> SimpleNamespace:
+    return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end))
+
+
+def test_part_seconds_counts_a_nested_label_in_the_inner_one_only():
+    events = [
+        _event("bench:step", 0, 100),
+        _event("part:graph", 0, 50),
+        _event("part:content", 10, 30),  # inside graph
+        _event("aten::mm", 12, 20),  # operators are not parts
+        _event("part:backward", 60, 90),
+        _event("bench:step", 200, 260),
+        _event("part:loss", 200, 210),
+    ]
+    parts, total = part_seconds(events)
+    assert total == pytest.approx(160e-6)
+    assert parts == pytest.approx(
+        {"graph": 30e-6, "content": 20e-6, "backward": 30e-6, "loss": 10e-6}
+    )
+
+
+def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp_path):
+    out = tmp_path / "speed"
+    # without item features: VBPR (multimodal) cannot run and is listed with the reason
+    res = CliRunner().invoke(
+        cli.app,
+        [
+            "bench-speed",
+            "--models",
+            "bpr,vbpr,lightgcn",
+            "--dataset",
+            f"{TINY},dim=0",
+            "--threads",
+            "1",
+            "--epochs",
+            "1",
+            "--evals",
+            "1",
+            "--batches",
+            "1",
+            "--profile-batches",
+            "1",
+            "--set",
+            "batch_size=100",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "profile.json").read_text())
+    for key in ("machine", "torch", "threads", "git_commit", "date", "command", "models"):
+        assert key in report
+    rows = {r["model"]: r for r in report["models"]}
+    assert [r["model"] for r in report["models"]] == ["lightgcn", "bpr", "vbpr"]  # reference first
+    assert "no item modalities" in rows["vbpr"]["skipped"]
+    assert rows["lightgcn"]["epoch_ratio"] == pytest.approx(1.0)
+    assert set(rows["bpr"]["parts_seconds"]) == set(PART_COLUMNS)
+    md = (out / "profile.md").read_text().splitlines()
+    assert md[0].startswith("# ")
+    header = [c.strip() for c in md[2].strip("|").split("|")]
+    assert header == [
+        "model",
+        "epoch s",
+        "x LightGCN",
+        "graph",
+        "content",
+        "loss",
+        "backward",
+        "optimiser",
+        "other",
+        "validation s",
+        "x LightGCN",
+        "peak RSS MiB",
+    ]
+    body = [line for line in md[4:] if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in body] == ["lightgcn", "bpr"]
+    assert all(len(line.strip("|").split("|")) == len(header) for line in body)
+    assert any(line.startswith("Not run: vbpr:") for line in md)
+    assert md[-1].startswith("Produced by `alignrec bench-speed --models bpr,vbpr,lightgcn")
+    assert "first 1 batches" in md[-1]
+
+
+@pytest.mark.parametrize("flag", ["--model", "--models"])
+def test_an_unknown_model_is_a_clear_error(flag, monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "alignrec",
+            "bench-speed",
+            flag,
+            "lightgcn,nosuch" if flag == "--models" else "nosuch",
+            "--dataset",
+            TINY,
+        ],
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nosuch'" in err and "registered:" in err and "Traceback" not in err
