@@ -43,6 +43,14 @@ def test_batches_times_the_first_batches_and_scales_to_the_epoch():
     assert r["batches_timed"] == 2
     assert r["batches_per_epoch"] == -(-r["train_pairs"] // 100)
     assert r["parts_seconds"] == {}  # no profile asked for
+    assert len(r["epoch_seconds_all"]) == 2  # a warm-up and the timed epoch
+    assert len(r["eval_seconds_all"]) == 0
+
+
+def test_without_warmup_every_epoch_and_validation_is_timed():
+    r = bench_speed("bpr", TINY, epochs=1, evals=1, threads=1, profile_batches=0, warmup=False)
+    assert len(r["epoch_seconds_all"]) == 1 and len(r["eval_seconds_all"]) == 1
+    assert r["epoch_seconds"] == r["epoch_seconds_all"][0]
 
 
 def _event(name: str, start: float, end: float) -> SimpleNamespace:

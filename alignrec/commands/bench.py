@@ -121,10 +121,12 @@ def bench_speed(
     features: str | None = None,
     batches: int | None = None,
     profile_batches: int = 10,
+    warmup: bool = True,
 ) -> dict[str, Any]:
     """Time ``epochs`` training epochs (the first ``batches`` steps of each, scaled to the
     epoch, when given), profile ``profile_batches`` more steps, and time ``evals`` full
-    validations. The first epoch and evaluation are warm-ups, excluded from the medians.
+    validations. With ``warmup`` one more epoch and evaluation run first, excluded from the
+    medians (without it, on a dataset where one epoch costs many minutes, every one is timed).
     See the module docstring for what each figure means.
     """
     import torch
@@ -179,7 +181,8 @@ def bench_speed(
         return chain([first], it)
 
     epoch_s, eval_s, epoch_cpu, eval_cpu, setup_s = [], [], [], [], []
-    for epoch in range(epochs + 1):
+    w = int(bool(warmup))
+    for epoch in range(epochs + w if epochs else 0):
         t, c = time.perf_counter(), time.process_time()
         it = epoch_batches(epoch)
         setup, setup_cpu = time.perf_counter() - t, time.process_time() - c
@@ -197,7 +200,7 @@ def bench_speed(
     n_prof = min(profile_batches, n_batches)
     if n_prof > 0:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for users, pos, neg in islice(epoch_batches(epochs + 1), n_prof):
+            for users, pos, neg in islice(epoch_batches(epochs + w), n_prof):
                 with torch.profiler.record_function(STEP_RANGE):
                     step(users, pos, neg)
         labelled, total = part_seconds(prof.events())
@@ -205,14 +208,14 @@ def bench_speed(
         parts = {k: v / total for k, v in labelled.items()} if total > 0 else {}
 
     result = None
-    for _ in range(evals + 1):
+    for _ in range(evals + w if evals else 0):
         t, c = time.perf_counter(), time.process_time()
         result = evaluate_model(net, evaluator)
         eval_s.append(time.perf_counter() - t)
         eval_cpu.append(time.process_time() - c)
-    epoch = statistics.median(epoch_s[1:]) if epochs else float("nan")
+    epoch = statistics.median(epoch_s[w:]) if epochs else float("nan")
     # an epoch's steps: the epoch less its sampling and on_epoch_start
-    steps = epoch - min(statistics.median(setup_s[1:]), epoch) if epochs else float("nan")
+    steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
     seconds = {k: parts.get(k, 0.0) * steps for k in PART_COLUMNS[:-1]}
     seconds["other"] = max(epoch - sum(seconds.values()), 0.0)
     return {
@@ -225,6 +228,7 @@ def bench_speed(
         "batch_size": train_cfg.batch_size,
         "batches_per_epoch": n_batches,
         "batches_timed": run_batches,
+        "warmup": bool(warmup),
         "load_seconds": load_s,
         "build_seconds": build_s,
         "epoch_seconds": epoch,
@@ -236,12 +240,12 @@ def bench_speed(
         # shares of a step per label (the profiled fractions), and seconds per epoch per part
         "step_shares": parts,
         "parts_seconds": seconds if n_prof and epochs else {},
-        "eval_seconds": statistics.median(eval_s[1:]) if evals else float("nan"),
+        "eval_seconds": statistics.median(eval_s[w:]) if evals else float("nan"),
         "eval_seconds_all": eval_s,
         # CPU time of this process (user + system, all threads): steadier than wall time
         # on a machine other jobs share
-        "epoch_cpu_seconds": statistics.median(epoch_cpu[1:]) if epochs else float("nan"),
-        "eval_cpu_seconds": statistics.median(eval_cpu[1:]) if evals else float("nan"),
+        "epoch_cpu_seconds": statistics.median(epoch_cpu[w:]) if epochs else float("nan"),
+        "eval_cpu_seconds": statistics.median(eval_cpu[w:]) if evals else float("nan"),
         "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -308,13 +312,11 @@ def _worker_main(argv: list[str]) -> int:
     return 0
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30
-        )
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -361,7 +363,9 @@ def bench_all(
         "dataset": dataset,
         "command": command,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": _git("rev-parse", "HEAD") or None,
+        # tracked files changed since that commit (the code measured is not the commit alone)
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "machine": machine(),
         "torch": torch.__version__,
         "threads": kwargs.get("threads"),
@@ -447,9 +451,10 @@ def profile_markdown(report: dict[str, Any]) -> str:
     how = (
         f"Produced by `{report['command']}`"
         + (f" on {report['git_commit'][:10]}" if report.get("git_commit") else "")
+        + (" with uncommitted changes" if report.get("git_dirty") else "")
         + f", {report['date'][:10]}, torch {report['torch']}, {report['machine']['cpu']}. "
         "Seconds per training epoch (median of "
-        f"{s.get('epochs')} after a warm-up"
+        f"{s.get('epochs')}{' after a warm-up' if s.get('warmup', True) else ''}"
         + (
             f"; the first {s.get('batches')} batches of each epoch timed and scaled to the "
             "epoch's batches"
@@ -458,7 +463,7 @@ def profile_markdown(report: dict[str, Any]) -> str:
         )
         + "), split into parts by torch.profiler's shares of "
         f"{s.get('profile_batches')} profiled steps; validation: one full pass, median of "
-        f"{s.get('evals')}."
+        f"{s.get('evals')}. Peak RSS: each model's own process."
     )
     lines.append(how)
     return "\n".join(lines) + "\n"
@@ -575,6 +580,9 @@ def bench_speed_command(
     profile_batches: int = typer.Option(
         10, help="steps profiled to split the epoch into parts (0: no profile)"
     ),
+    warmup: bool = typer.Option(
+        True, help="run one untimed epoch and validation first (--no-warmup: time every one)"
+    ),
     sets: Annotated[
         list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")
     ] = None,
@@ -600,6 +608,7 @@ def bench_speed_command(
         "features": features,
         "batches": batches or None,
         "profile_batches": profile_batches,
+        "warmup": warmup,
     }
     if models is None:
         _print_single(bench_speed(model, dataset, **settings))
@@ -613,6 +622,7 @@ def bench_speed_command(
         evals=evals,
         batches=batches or None,
         profile_batches=profile_batches,
+        no_warmup=not warmup,
         set=sets,
         device=None if device == "cpu" else device,
         features=features,
