@@ -4,6 +4,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATASET ?= movielens-100k-mm
+# The benchmark's profile: quick (one seed, each model at its pinned point) or full (the grids
+# and 3 seeds: the paper protocol), e.g. `BENCHMARK=full make pipeline`.
+BENCHMARK ?= quick
+export ALIGNREC_BENCHMARK := $(BENCHMARK)
 export DAGSTER_HOME := $(CURDIR)/.dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

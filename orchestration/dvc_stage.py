@@ -174,10 +174,17 @@ def _benchmark_ops(params: dict[str, Any]) -> dict[str, dict]:
                 f"benchmark.models: unknown model(s) {unknown}; registered: {sorted(MODELS)}"
             )
         config["models"] = models
+    if "profile" in section:
+        from alignrec.benchmark.grids import get_profile
+
+        get_profile(_text(section["profile"]) or None)  # ConfigError naming the profiles
+        config["profile"] = _text(section["profile"])
     if "seeds" in section:
         seeds = section["seeds"]
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(f"benchmark.seeds must be an integer >= 1, got {seeds!r}")
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+            raise ConfigError(
+                f"benchmark.seeds must be an integer >= 1 (0: the profile's), got {seeds!r}"
+            )
         config["seeds"] = seeds
     if "cached_only" in section:
         if not isinstance(section["cached_only"], bool):
@@ -201,7 +208,10 @@ def _benchmark_ops(params: dict[str, Any]) -> dict[str, dict]:
                 )
             grids.setdefault(model, {})[name] = [_text(v) for v in values]
     try:
-        plan_models(config.get("models") or None, sets, with_grid_changes(grids))
+        from alignrec.benchmark.grids import get_profile
+
+        profile = get_profile(config.get("profile") or None)
+        plan_models(config.get("models") or None, sets, with_grid_changes(grids, profile.grids))
     except ConfigError as exc:
         raise ConfigError(f"benchmark.grids: {exc}") from None
     config["grids"] = grids
@@ -414,9 +424,10 @@ def summary_sources(stage: str, dataset: str, assets: Sequence[str]) -> list[tup
             for name in assets
         ]
     if stage == "benchmark" and "benchmark" in assets:
-        from alignrec.benchmark.runner import default_out
+        from alignrec.paths import artifacts_root
 
-        return [(default_out(dataset) / "report.json", benchmark_summary)]
+        # the DVC stage's benchmark folder (orchestration.paths: the output root of a DVC stage)
+        return [(artifacts_root() / "benchmark" / dataset / "report.json", benchmark_summary)]
     return []
 
 

@@ -24,6 +24,7 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     home = tmp_path_factory.mktemp("alignrec_home")
     monkeypatch.setenv("ALIGNREC_HOME", str(home))
     monkeypatch.setenv("ALIGNREC_RESULTS", str(home / "results"))  # never the committed results/
+    monkeypatch.delenv("ALIGNREC_BENCHMARK", raising=False)  # `BENCHMARK=full make test`: quick
     return home
 
 

@@ -11,6 +11,7 @@ validation recall@20, on seed 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from alignrec.errors import ConfigError
@@ -47,6 +48,84 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     # MMRec MGCN.yaml: cl_loss (our cl_weight) in {1e-3, 1e-2, 1e-1}
     "mgcn": {"cl_weight": [1e-3, 1e-2, 1e-1]},
 }
+
+
+# The quick profile's point for each model: one documented point of its grid, trained once,
+# with no search. The source of each point is written beside it.
+PINS: dict[str, dict[str, Any]] = {
+    # the winner of BPR's grid on amazon-sports
+    "bpr": {"reg_weight": 1e-1},
+    # the winner of LightGCN's grid on amazon-baby
+    "lightgcn": {"n_layers": 3, "reg_weight": 1e-3},
+    # the AlignRec release's cl_loss for the Amazon sets
+    "alignrec": {"alpha": 1e-2},
+    # the winner of VBPR's grid on amazon-sports
+    "vbpr": {"reg_weight": 1e-1},
+    # the lower point of the grid above (MMRec's default reg_weight is 0 or 1e-5 per dataset)
+    "mmgcn": {"reg_weight": 1e-5},
+    # the lower point of the grid above
+    "grcn": {"reg_weight": 1e-4},
+    # the point pinned on amazon-sports (README, Results on the Amazon sets)
+    "dualgnn": {"reg_weight": 1e-4},
+    # MMRec LATTICE.yaml's first reg_weight
+    "lattice": {"reg_weight": 0.0},
+    # the point pinned on amazon-sports
+    "bm3": {"dropout": 0.5, "reg_weight": 1e-1},
+    # the point pinned on amazon-sports
+    "slmrec": {"ssl_alpha": 0.1},
+    # the point pinned on amazon-sports (FREEDOM's published setting for Baby and Sports)
+    "freedom": {"dropout": 0.8, "reg_weight": 1e-4},
+    # MGCN's published cl_loss
+    "mgcn": {"cl_weight": 1e-2},
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A benchmark protocol: seeds per model and the grid each model searches on seed 0.
+
+    Attributes:
+        name: ``quick`` or ``full``; also the results folder's name.
+        seeds: runs per model.
+        grids: model -> grid (one value per key: pinned, no search).
+        description: one line for the report.
+    """
+
+    name: str
+    seeds: int
+    grids: dict[str, dict[str, list[Any]]]
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        "quick",
+        1,
+        {m: {k: [v] for k, v in point.items()} for m, point in PINS.items()},
+        "one seed, each model at its documented point (alignrec/benchmark/grids.py PINS), no search",
+    ),
+    "full": Profile(
+        "full",
+        3,
+        GRIDS,
+        "the paper protocol: each model's grid searched on seed 0 (validation Recall@20), "
+        "the winner retrained on seeds 1 and 2",
+    ),
+}
+DEFAULT_PROFILE_ENV = "ALIGNREC_BENCHMARK"  # what `BENCHMARK=full make pipeline` sets
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile ``name``; None: ``$ALIGNREC_BENCHMARK``, else ``quick``."""
+    import os
+
+    name = name or os.environ.get(DEFAULT_PROFILE_ENV) or "quick"
+    if name not in PROFILES:
+        raise ConfigError(
+            f"unknown benchmark profile {name!r} (from {DEFAULT_PROFILE_ENV} or --profile); "
+            f"expected one of {', '.join(PROFILES)}"
+        )
+    return PROFILES[name]
 
 
 def model_grid(

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from alignrec import io
-from alignrec.benchmark.results import OURS, BenchmarkResult, ModelRuns
-from alignrec.errors import DataError
+from alignrec.benchmark.results import MANIFEST, OURS, BenchmarkResult, ModelRuns, read_stamp
+from alignrec.errors import ConfigError, DataError
 from alignrec.runs import PER_USER, per_user_test, read_history
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -175,6 +175,7 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
     models = {m: model_summary(r) for m, r in result.models.items()}
     report: dict[str, Any] = {
         "dataset": result.dataset,
+        "profile": result.profile,
         "seeds": result.seeds,
         "alignrec_features": result.features,
         "alignrec_features_choice": read_choice(result.features),
@@ -189,6 +190,10 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "runs_trained": sum(len(r.reused) - sum(r.reused) for r in result.models.values()),
         "runs_reused": sum(sum(r.reused) for r in result.models.values()),
         "compute_seconds": _total([s["compute_seconds"] for s in models.values()]),
+        "commits": sorted(_commits(result)),
+        "stale_runs": [
+            f"{m} s{i}" for m, r in result.models.items() for i, st in enumerate(r.stale) if st
+        ],
     }
     baselines = [m for m in models if m != OURS]
     if OURS in models and baselines:
@@ -467,17 +472,124 @@ def write_plots(result: BenchmarkResult, report: dict[str, Any], folder: Path) -
 
 
 def write_report(result: BenchmarkResult) -> dict[str, Any]:
-    """Write ``report.json``, ``plots/`` and ``report.md`` (last) into ``result.out``, atomically."""
+    """Write ``manifest.json``, ``report.json``, ``plots/``, ``table.md`` and ``report.md``
+    (last) into ``result.out``, each atomically."""
     report = build_report(result)
     result.report = report
     result.out.mkdir(parents=True, exist_ok=True)
+    io.write_json(result.manifest, manifest(result))
     if result.models:
         with io.atomic_path(result.plots, is_dir=True) as tmp:
             write_plots(result, report, tmp)
     io.write_json(result.report_json, report)
+    with io.atomic_path(result.table_md) as tmp:
+        tmp.write_text(render_table(result, report))
     with io.atomic_path(result.report_md) as tmp:
         tmp.write_text(render_markdown(result, report))
     return report
+
+
+def _commits(result: BenchmarkResult) -> set[str]:
+    """The commits the runs were made at (from their stamps)."""
+    found = set()
+    for runs in result.models.values():
+        for folder in runs.folders:
+            stamp = read_stamp(folder)
+            if stamp and stamp.get("commit"):
+                found.add(stamp["commit"])
+    return found
+
+
+def manifest(result: BenchmarkResult) -> dict[str, Any]:
+    """What the benchmark asked for, in order: see :attr:`BenchmarkResult.manifest`."""
+    return {
+        "dataset": result.dataset,
+        "profile": result.profile,
+        "seeds": result.seeds,
+        "models": list(result.models) + [m for m in result.skipped if m not in result.models],
+        "grids": {m: r.grid for m, r in result.models.items()},
+        "skipped": dict(result.skipped),
+        "features": result.features,
+        "settings": dict(result.settings),
+    }
+
+
+def rebuild(out: str | Path) -> BenchmarkResult:
+    """The benchmark in ``out`` from its ``manifest.json`` and stamped run folders alone (no
+    data, no training), its report rewritten. A run made by other code than this checkout's
+    is reported and named as such; a run not finished lists its model under skipped."""
+    from alignrec.benchmark.code import model_code_digest
+    from alignrec.runs import read_metrics
+
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        raise ConfigError(
+            f"{out}: no {MANIFEST} (a benchmark folder written by `alignrec benchmark`)"
+        )
+    spec = json.loads((out / MANIFEST).read_text())
+    models: dict[str, ModelRuns] = {}
+    skipped = {m: r for m, r in spec["skipped"].items() if m not in spec["grids"]}
+    for m in spec["models"]:
+        if m not in spec["grids"]:
+            continue
+        runs = ModelRuns(m, grid=spec["grids"][m])
+        for seed in range(spec["seeds"]):
+            folder = out / "runs" / m / f"s{seed}"
+            stamp = read_stamp(folder)
+            if stamp is None:
+                break
+            runs.records.append(read_metrics(folder))
+            runs.folders.append(folder)
+            runs.reused.append(True)
+            runs.stale.append(stamp.get("code") != model_code_digest(m))
+        if len(runs.records) < spec["seeds"]:
+            skipped[m] = (
+                f"not trained yet: {len(runs.records)} of {spec['seeds']} runs finished "
+                f"(runs/{m}/s{len(runs.records)} is missing)"
+            )
+            continue
+        runs.winner = dict(runs.records[0].get("grid_point") or {})
+        models[m] = runs
+    result = BenchmarkResult(
+        spec["dataset"], out, spec["seeds"], models, skipped, spec.get("features"),
+        settings=spec.get("settings", {}), profile=spec.get("profile"),
+    )
+    write_report(result)
+    return result
+
+
+def render_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
+    """``table.md``: a heading, how the table was made, the results table, the p-value line."""
+    how = f"`alignrec benchmark --dataset {result.dataset}" + (
+        f" --profile {result.profile}`" if result.profile else "` (custom settings)"
+    )
+    lines = [
+        f"# Benchmark on {result.dataset}",
+        "",
+        f"{how}: {result.seeds} seed(s) per model; {_patience_line(result.settings)}"
+        + (f" AlignRec reads `{result.features}`." if result.features else "")
+        + " Test metrics, mean ± std over seeds.",
+        "",
+        results_table(report),
+        "",
+    ]
+    if report.get("gain"):
+        lines += [
+            "p: each user's test recall@20 averaged over seeds, paired with AlignRec's "
+            f"({_paired_users(report)} users), two-sided.",
+            "",
+        ]
+    if result.skipped:
+        lines += ["Skipped: " + "; ".join(f"{m} ({r})" for m, r in result.skipped.items()), ""]
+    if report.get("stale_runs"):
+        lines += [
+            "Made by other code than this checkout's (a rerun retrains them): "
+            + ", ".join(report["stale_runs"])
+            + ".",
+            "",
+        ]
+    lines += [f"Runs made at commit(s) {', '.join(report['commits']) or 'unknown'}.", ""]
+    return "\n".join(lines)
 
 
 __all__ = [
@@ -486,7 +598,10 @@ __all__ = [
     "build_report",
     "key",
     "paired_tests",
+    "manifest",
+    "rebuild",
     "render_markdown",
+    "render_table",
     "results_table",
     "write_report",
 ]

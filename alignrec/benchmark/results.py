@@ -23,6 +23,8 @@ class ModelRuns:
         records: the ``metrics.json`` record of each seed.
         folders: each seed's run folder.
         reused: whether each run came from an earlier benchmark.
+        stale: whether each reused run was made by other code than this checkout's (only
+            ``cached_only`` reports such runs; a training call retrains them).
         winner: the grid point chosen on validation (``{}`` without a grid).
         grid: the grid searched (``{}``: defaults only).
     """
@@ -31,6 +33,7 @@ class ModelRuns:
     records: list[dict[str, Any]] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)
     reused: list[bool] = field(default_factory=list)
+    stale: list[bool] = field(default_factory=list)
     winner: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -49,6 +52,7 @@ class BenchmarkResult:
         report: the contents of ``report.json``.
         wall_seconds: wall time of this call.
         settings: the config keys set for every run (the protocol and the overrides).
+        profile: the benchmark profile's name (``quick``, ``full``), None for a custom call.
     """
 
     dataset: str
@@ -60,6 +64,7 @@ class BenchmarkResult:
     report: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    profile: str | None = None
 
     @property
     def report_md(self) -> Path:
@@ -73,5 +78,32 @@ class BenchmarkResult:
     def plots(self) -> Path:
         return self.out / "plots"
 
+    @property
+    def table_md(self) -> Path:
+        """The results table alone, with how it was made: what the README embeds."""
+        return self.out / "table.md"
 
-__all__ = ["OURS", "BenchmarkResult", "ModelRuns"]
+    @property
+    def manifest(self) -> Path:
+        """What was asked (models, seeds, grids, settings, features): enough, with the run
+        folders, to rebuild the report without the data (``alignrec benchmark --cached-only``)."""
+        return self.out / MANIFEST
+
+
+MANIFEST = "manifest.json"
+STAMP = "benchmark.json"  # a finished run's cache key, code digest and commit, written last
+
+
+def read_stamp(folder: Path) -> dict[str, Any] | None:
+    """A run folder's stamp, None when the run has not finished."""
+    import json
+
+    from alignrec.runs import has_run_files
+
+    stamp = Path(folder) / STAMP
+    if not stamp.is_file() or not has_run_files(folder):
+        return None
+    return json.loads(stamp.read_text())
+
+
+__all__ = ["MANIFEST", "OURS", "STAMP", "BenchmarkResult", "ModelRuns", "read_stamp"]

@@ -6,9 +6,11 @@ recall@20, only the winner scored on test), then the winning configuration is
 retrained on seeds ``1..n-1``. Every run writes the files of ``alignrec train``
 (:func:`alignrec.runs.write_run`) under ``<out>/runs/<model>/s<seed>/``
 plus ``benchmark.json``, written last, holding the run's cache key: a hash of the
-resolved configs (every grid point's for seed 0), the seed, and the data the model
-reads. A rerun reuses every run whose key still matches, so a benchmark killed
-midway resumes at the run where it stopped, and a changed grid or config reruns.
+resolved configs (every grid point's for seed 0), the seed, the data the model
+reads, and the source of the code that decides the run (:mod:`alignrec.benchmark.code`).
+A rerun reuses every run whose key still matches, so a benchmark killed
+midway resumes at the run where it stopped, and a changed grid, config, data or code reruns.
+The default folder is under ``results/`` (:func:`default_out`), which the repository keeps.
 Within a run, the run folder keeps a checkpoint (one per grid point) and a ``status.json``
 (:mod:`alignrec.training.checkpoint`): a run killed or stopped by a signal resumes from its
 last checkpoint, and a grid from its unfinished point. A checkpoint is resumed only under
@@ -28,14 +30,15 @@ from typing import Any
 import numpy as np
 
 from alignrec import io
-from alignrec.benchmark.results import OURS, BenchmarkResult, ModelRuns
+from alignrec.benchmark.code import git_commit, model_code_digest
+from alignrec.benchmark.results import OURS, STAMP, BenchmarkResult, ModelRuns, read_stamp
 from alignrec.data.dataset import Dataset
 from alignrec.env import torch_device
 from alignrec.errors import ConfigError
 from alignrec.features.sets import with_content_features
 from alignrec.models import MODELS, get_model_class
 from alignrec.models.base import MODALITY_PREFIX
-from alignrec.runs import METRICS, PER_USER, has_run_files, per_user_test, read_metrics, write_run
+from alignrec.runs import METRICS, PER_USER, per_user_test, read_metrics, write_run
 from alignrec.training import (
     TrainingError,
     config_to_dict,
@@ -56,7 +59,6 @@ from alignrec.training.checkpoint import (
 log = logging.getLogger("alignrec.benchmark")
 
 CONTENT_KEY = "content"  # the feature table AlignRec reads (AlignRecConfig.features)
-STAMP = "benchmark.json"  # a finished run's cache key, written after its files
 # Train keys that change neither what is learned nor the scores.
 _NOT_IN_KEY = ("quiet", "eval_batch_size", "checkpoint_every_s")
 
@@ -65,17 +67,20 @@ _NOT_IN_KEY = ("quiet", "eval_batch_size", "checkpoint_every_s")
 LoggerFactory = Callable[[str, int, str | None], Any]
 
 
-def default_out(dataset: str) -> Path:
-    """``artifacts/benchmark/<dataset>/``."""
-    from alignrec.paths import artifacts_root
+def default_out(dataset: str, profile: str | None = None) -> Path:
+    """``results/benchmark/<dataset>/<profile>/``: the repository keeps every run's small files
+    (metrics, per-user test values, history, config; weights are git-ignored), so a benchmark
+    resumes in any checkout and ``--cached-only`` rebuilds its report."""
+    from alignrec.benchmark.grids import get_profile
+    from alignrec.paths import results_root
 
-    return artifacts_root() / "benchmark" / dataset
+    return results_root() / "benchmark" / dataset / get_profile(profile).name
 
 
 def run_benchmark(
     dataset: str | Dataset,
     models: list[str] | None = None,
-    seeds: int = 3,
+    seeds: int | None = None,
     out: str | Path | None = None,
     features: str | None = None,
     threads: int | None = None,
@@ -88,14 +93,16 @@ def run_benchmark(
     write: bool = True,
     cached_only: bool = False,
     cache_dir: str | Path | None = None,
+    profile: str | None = None,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
 
     Args:
         dataset: a registered dataset name, or an in-memory :class:`Dataset`.
         models: registered model names (default: every model in ``MODELS``).
-        seeds: runs per model; seed 0 searches the grid, seeds 1.. retrain the winner.
-        out: the benchmark folder (default ``artifacts/benchmark/<dataset>/``).
+        seeds: runs per model; seed 0 searches the grid, seeds 1.. retrain the winner
+            (default: the profile's).
+        out: the benchmark folder (default :func:`default_out`).
         features: AlignRec's item features, as ``alignrec train --features`` takes them
             (a ``.npy``, ``raw:concat``, ``fusion:<folder>``). By default a ``content``
             table the dataset already holds, else the stage-1 features
@@ -104,8 +111,8 @@ def run_benchmark(
         threads: torch intra-op threads (None: torch's default).
         device: torch device of every run.
         logger_factory: see :data:`LoggerFactory` (the CLI and Dagster pass MLflow's).
-        grids: model -> grid, replacing :data:`alignrec.benchmark.grids.GRIDS` (a model
-            absent from it trains with its defaults).
+        grids: model -> grid, replacing the profile's (a model absent from it trains with
+            its defaults).
         progress: a bar over runs and one line per finished run (else the lines are logged).
         overrides: config keys set for every run (``{"epochs": 50}``), on top of
             :data:`alignrec.benchmark.grids.PROTOCOL`; a key set here is dropped from the
@@ -122,6 +129,9 @@ def run_benchmark(
         cache_dir: the encoder cache the multimodal models' modalities and a ``raw:`` or
             ``fusion:`` feature set are read from (default the dataset's under
             ``ALIGNREC_HOME``; the Dagster asset passes the one its run uses).
+        profile: ``quick`` (one seed, pinned points) or ``full`` (grids, 3 seeds), see
+            :data:`alignrec.benchmark.grids.PROFILES`; None: ``$ALIGNREC_BENCHMARK``, else
+            ``quick``. It gives the default seeds, grids and folder.
 
     The report is written only once every run has finished (see
     :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
@@ -129,7 +139,12 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
+    from alignrec.benchmark.grids import get_profile
+
     t_start = time.perf_counter()
+    chosen = get_profile(profile)
+    seeds = chosen.seeds if seeds is None else seeds
+    grids = chosen.grids if grids is None else grids
     if int(seeds) < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     base = run_settings(overrides)
@@ -141,7 +156,7 @@ def run_benchmark(
 
         torch.set_num_threads(int(threads))
     data = _load(dataset)
-    out = Path(out) if out is not None else default_out(data.name)
+    out = Path(out) if out is not None else default_out(data.name, chosen.name)
     skip = {m.lower(): reason for m, reason in (skip or {}).items()}
     asked = [m for m in names if m not in skip]
     data, skipped, feature_spec = prepare_inputs(
@@ -201,6 +216,7 @@ def run_benchmark(
         skipped,
         _shown(feature_spec) if OURS in ran else None,
         settings={k: v for k, v in base.items() if k not in _NOT_IN_KEY},
+        profile=chosen.name if grids == chosen.grids and int(seeds) == chosen.seeds else None,
     )
     from alignrec.benchmark.report import write_report
 
@@ -408,24 +424,36 @@ def _resolved(model: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], An
     return {"train": train_d, "model": config_to_dict(model_cfg)}, model_cfg
 
 
-def run_key(model: str, seed: int, configs: list[dict[str, Any]], data: dict[str, str]) -> str:
-    """The cache key of a run: model, seed, resolved config(s) and data digests."""
-    blob = json.dumps(
-        {"model": model, "seed": seed, "configs": configs, "data": data},
-        sort_keys=True,
-        default=str,
-    )
+def run_key(
+    model: str,
+    seed: int,
+    configs: list[dict[str, Any]],
+    data: dict[str, str],
+    code: str | None = None,
+) -> str:
+    """The cache key of a run: model, seed, resolved config(s), data digests and, when given,
+    the digest of the code that decides the run (:func:`alignrec.benchmark.code.model_code_digest`)."""
+    fields: dict[str, Any] = {"model": model, "seed": seed, "configs": configs, "data": data}
+    if code is not None:
+        fields["code"] = code
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def cached_record(folder: Path, key: str) -> dict[str, Any] | None:
-    """The run's ``metrics.json`` record when ``folder`` holds a finished run with ``key``."""
-    stamp = folder / STAMP
-    if not stamp.is_file() or not has_run_files(folder):
+def cached_record(
+    folder: Path, key: str, config_key: str | None = None
+) -> tuple[dict[str, Any], bool] | None:
+    """``(metrics.json record, stale)`` when ``folder`` holds a finished run with ``key``
+    (stale False), or, given ``config_key``, one with the same config and data made by other
+    code (stale True); else None."""
+    stamp = read_stamp(folder)
+    if stamp is None:
         return None
-    if json.loads(stamp.read_text()).get("key") != key:
-        return None
-    return read_metrics(folder)
+    if stamp.get("key") == key:
+        return read_metrics(folder), False
+    if config_key is not None and stamp.get("config_key") == config_key:
+        return read_metrics(folder), True
+    return None
 
 
 class NotCached(Exception):
@@ -450,9 +478,14 @@ def _run_model(
     for seed in range(seeds):
         candidates = points if seed == 0 else [runs.winner]
         resolved = [_resolved(model, {**base, **p}) for p in candidates]
-        key = run_key(model, seed, [r[0] for r in resolved], signature.of(model, resolved[0][1]))
+        configs, data_keys = [r[0] for r in resolved], signature.of(model, resolved[0][1])
+        code = model_code_digest(model)
+        config_key = run_key(model, seed, configs, data_keys)
+        key = run_key(model, seed, configs, data_keys, code)
         folder = out / "runs" / model / f"s{seed}"
-        record = cached_record(folder, key)
+        # --cached-only reports a run made by other code, saying so; a training call retrains it
+        found = cached_record(folder, key, config_key if cached_only else None)
+        record, stale = found if found is not None else (None, False)
         reused = record is not None
         if record is None and cached_only:
             raise NotCached(
@@ -492,8 +525,11 @@ def _run_model(
                 folder / STAMP,
                 {
                     "key": key,
+                    "config_key": config_key,
+                    "code": code,
+                    "commit": git_commit(),
                     "seed": seed,
-                    "configs": [r[0] for r in resolved],
+                    "configs": configs,
                     "point": candidates[0] if len(candidates) == 1 else None,
                 },
             )
@@ -509,6 +545,7 @@ def _run_model(
         runs.records.append(record)
         runs.folders.append(folder)
         runs.reused.append(reused)
+        runs.stale.append(stale)
         on_run((model, record, reused))
 
 

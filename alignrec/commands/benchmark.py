@@ -1,8 +1,10 @@
 """``alignrec benchmark``: every model on one dataset, validation-selected, over seeds.
 
-Writes ``report.md``, ``report.json``, ``plots/`` and ``runs/<model>/s<seed>/`` into
-``--out`` (default ``artifacts/benchmark/<dataset>/``); finished runs are reused on
-a rerun. See :mod:`alignrec.benchmark`.
+Writes ``report.md``, ``report.json``, ``table.md``, ``manifest.json``, ``plots/`` and
+``runs/<model>/s<seed>/`` into ``--out`` (default ``results/benchmark/<dataset>/<profile>/``,
+which the repository keeps); finished runs are reused on a rerun. ``--cached-only`` without
+``--dataset`` rebuilds every report under ``results/benchmark/`` from the stored runs.
+See :mod:`alignrec.benchmark`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,30 @@ def split_models(values: list[str] | None) -> list[str] | None:
 
 
 def benchmark_command(
-    dataset: Annotated[str, typer.Option("--dataset", help="registered dataset name")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="registered dataset name (omitted with --cached-only: rebuild every report "
+            "under results/benchmark/)",
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            help="quick (one seed, pinned points; the default, or $ALIGNREC_BENCHMARK) or full "
+            "(the grids, 3 seeds: the paper protocol)",
+        ),
+    ] = None,
     models: Annotated[
         list[str] | None,
         typer.Option("--models", help="models to run, comma-separated or repeated (default: all)"),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="seeds per model; the grid is searched on seed 0")] = 3,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="seeds per model; the grid is searched on seed 0 (default: the profile's)"),
+    ] = None,
     features: Annotated[
         str | None,
         typer.Option(
@@ -35,7 +55,7 @@ def benchmark_command(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="default artifacts/benchmark/DATASET")
+        Path | None, typer.Option("--out", help="default results/benchmark/DATASET/PROFILE")
     ] = None,
     threads: Annotated[int, typer.Option(help="torch intra-op threads (0: torch's default)")] = 0,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
@@ -64,7 +84,8 @@ def benchmark_command(
         typer.Option(
             "--cached-only",
             help="train nothing: report the runs already finished in --out, listing the "
-            "models with runs still to train as skipped",
+            "models with runs still to train as skipped; without --dataset, rebuild every "
+            "report under results/benchmark/ from its stored runs alone",
         ),
     ] = False,
 ) -> None:
@@ -72,11 +93,18 @@ def benchmark_command(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from alignrec.benchmark import run_benchmark
-    from alignrec.benchmark.grids import parse_grid_changes, with_grid_changes
+    from alignrec.benchmark.grids import get_profile, parse_grid_changes, with_grid_changes
     from alignrec.benchmark.report import results_table
+    from alignrec.errors import ConfigError
     from alignrec.training import parse_assignments
 
-    grids = with_grid_changes(parse_grid_changes(grid)) if grid else None
+    if dataset is None:
+        if not cached_only:
+            raise ConfigError("--dataset is required (only --cached-only rebuilds without it)")
+        rebuild_all(out)
+        return
+    chosen = get_profile(profile)
+    grids = with_grid_changes(parse_grid_changes(grid), chosen.grids) if grid else None
     tracking = None
     if mlflow:
         from alignrec.benchmark.tracking import BenchmarkTracking
@@ -97,6 +125,7 @@ def benchmark_command(
                 progress=progress,
                 overrides=parse_assignments(sets),
                 cached_only=cached_only,
+                profile=chosen.name,
             )
     except BaseException:
         if tracking is not None:
@@ -110,6 +139,27 @@ def benchmark_command(
     typer.echo(f"wrote {result.report_md} ({result.wall_seconds:.1f}s)")
     if tracking is not None:
         typer.echo(f"MLflow: experiment benchmark-{result.dataset}, summary run {tracking.run_id}")
+
+
+def rebuild_all(root: Path | None = None) -> None:
+    """Rewrite the report of every benchmark folder (a ``manifest.json``) under ``root``
+    (default ``results/benchmark/``) from its stored runs: no data, no training."""
+    from alignrec.benchmark.report import rebuild, results_table
+    from alignrec.errors import ConfigError
+    from alignrec.paths import results_root
+
+    root = root or results_root() / "benchmark"
+    folders = sorted(p.parent for p in root.rglob("manifest.json"))
+    if not folders:
+        raise ConfigError(f"no benchmark reports under {root} to rebuild (no manifest.json)")
+    for folder in folders:
+        result = rebuild(folder)
+        typer.echo(f"## {folder}\n\n{results_table(result.report)}\n")
+        for model, reason in result.skipped.items():
+            typer.echo(f"skipped {model}: {reason}")
+        if result.report.get("stale_runs"):
+            typer.echo(f"made by other code: {', '.join(result.report['stale_runs'])}")
+        typer.echo(f"wrote {result.report_md}")
 
 
 def compare_features_command(

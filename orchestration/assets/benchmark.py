@@ -8,9 +8,10 @@ k8s/celery executor), and in turn under the default in-process executor:
   ``benchmark-<dataset>`` and fans out one dynamic step per model;
 - ``benchmark_model`` trains that model's grid and seeds with
   :func:`alignrec.benchmark.run_benchmark` (the code path of ``alignrec benchmark``)
-  into the run cache ``benchmark/<dataset>/runs/`` under the run's output root
-  (:func:`orchestration.paths.output_root`: ``artifacts/`` for ``dvc repro``, else
-  ``artifacts/dagster/<run id>/``), each training run an MLflow run nested under the summary;
+  into the run cache ``runs/`` of the benchmark folder: ``results/benchmark/<dataset>/<profile>/``
+  (the repository keeps it, so every run, in any checkout, resumes and reuses what is there),
+  or ``artifacts/benchmark/<dataset>/`` for ``dvc repro`` (the folder ``dvc.yaml`` declares);
+  each training run an MLflow run nested under the summary;
 - ``benchmark_report`` collects them, reuses every finished run, writes the report, logs
   it to the summary run and shows its table as metadata.
 
@@ -29,10 +30,14 @@ GROUP = "benchmark"
 
 
 class BenchmarkConfig(dg.Config):
-    """Which models, how many seeds, and config keys set for every run (``{"epochs": "100"}``)."""
+    """The profile, which models, how many seeds, and config keys set for every run
+    (``{"epochs": "100"}``)."""
 
+    # quick (one seed, pinned points) or full (grids, 3 seeds); empty: $ALIGNREC_BENCHMARK
+    # (what `BENCHMARK=full make pipeline` sets), else quick
+    profile: str = ""
     models: list[str] = []  # registered model names; empty: every model
-    seeds: int = 3  # seed 0 searches the grid, seeds 1.. retrain its winner
+    seeds: int = 0  # seed 0 searches the grid, seeds 1.. retrain its winner; 0: the profile's
     sets: dict[str, str] = {}  # as ``alignrec benchmark --set key=value``
     # model -> key -> values, replacing those keys in the model's grid (``--grid MODEL.KEY=V1,V2``)
     grids: dict[str, dict[str, list[str]]] = {}
@@ -74,6 +79,7 @@ def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: Comput
         cached_only=plan["cached_only"],
         out=plan["out"],
         cache_dir=plan["cache_dir"],
+        profile=plan["profile"],
     )
 
 
@@ -87,13 +93,20 @@ def benchmark_plan(
 ):
     """Check the models and settings, open the summary run, fan out one step per model."""
     from alignrec.benchmark import OURS
-    from alignrec.benchmark.grids import with_grid_changes
-    from alignrec.benchmark.runner import plan_models
-    from orchestration.paths import encoder_cache, output_root
+    from alignrec.benchmark.grids import get_profile, with_grid_changes
+    from alignrec.benchmark.runner import default_out, plan_models
+    from orchestration.paths import dvc_stage, encoder_cache, output_root
 
-    if config.seeds < 1:
-        raise dg.Failure(f"benchmark: seeds must be >= 1, got {config.seeds}")
-    grids = with_grid_changes(config.grids)
+    if config.seeds < 0:
+        raise dg.Failure(f"benchmark: seeds must be >= 1 (0: the profile's), got {config.seeds}")
+    profile = get_profile(config.profile or None)
+    seeds = config.seeds or profile.seeds
+    grids = with_grid_changes(config.grids, profile.grids)
+    out = (
+        output_root(context) / "benchmark" / dataset["name"]
+        if dvc_stage(context)
+        else default_out(dataset["name"], profile.name)
+    )
     models = list(plan_models(config.models or None, dict(config.sets), grids))
     skip, features = {}, None
     if stage1_features.get("skipped"):
@@ -103,18 +116,22 @@ def benchmark_plan(
     tracking = _tracking(context, dataset["name"], mlflow)
     plan = {
         "models": models,
-        "seeds": config.seeds,
+        "profile": profile.name,
+        "seeds": seeds,
         "sets": dict(config.sets),
         "grids": grids,
         "features": features,
         "skip": skip,
         "cached_only": config.cached_only,
-        "out": str(output_root(context) / "benchmark" / dataset["name"]),
+        "out": str(out),
         "cache_dir": str(encoder_cache(context, dataset["name"])),
         "summary_run_id": tracking.run_id,
         "started": time.time(),
     }
-    context.log.info(f"benchmark {dataset['name']}: {len(models)} models, {config.seeds} seeds")
+    context.log.info(
+        f"benchmark {dataset['name']} ({profile.name}): {len(models)} models, {seeds} seeds, "
+        f"into {out}"
+    )
     yield dg.Output(plan, "plan")
     for m in models:
         if m not in skip:
@@ -221,6 +238,7 @@ def _config(config: BenchmarkConfig) -> dict:
     return {
         "benchmark_plan": {
             "config": {
+                "profile": config.profile,
                 "models": config.models,
                 "seeds": config.seeds,
                 "sets": config.sets,
@@ -237,9 +255,11 @@ def _config(config: BenchmarkConfig) -> dict:
     kinds={"pytorch", "mlflow"},
     config=_config,
     hooks={close_summary_run},
-    description="Every registered model, its grid selected on validation (seed 0), the winner "
-    "over seeds; test metrics mean ± std, AlignRec's gain and paired p-values, plots. One step "
-    "per model: they run in parallel under a multiprocess or k8s/celery executor.",
+    description="Every registered model: the quick profile (one seed, each model at its pinned "
+    "point) or the full one (grid selected on validation on seed 0, the winner over 3 seeds); "
+    "test metrics mean ± std, AlignRec's gain and paired p-values, plots, into "
+    "results/benchmark/<dataset>/<profile>/. One step per model: they run in parallel under a "
+    "multiprocess or k8s/celery executor.",
 )
 def benchmark(dataset: dict, stage1_features: dict) -> dict:
     plan, models = benchmark_plan(dataset, stage1_features)

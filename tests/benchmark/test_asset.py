@@ -15,7 +15,7 @@ from orchestration.resources import ComputeResource, MLflowResource
 
 pytestmark = pytest.mark.slow  # MLflow on SQLite and a Dagster run: tens of seconds
 
-TINY = {"models": ["bpr", "alignrec"], "seeds": 2, "sets": {"epochs": "2", "batch_size": "64"}}
+TINY = {"profile": "full", "models": ["bpr", "alignrec"], "seeds": 2, "sets": {"epochs": "2", "batch_size": "64"}}
 DVC = {"alignrec/dvc_stage": "benchmark"}  # as `dvc repro` runs it: into dvc.yaml's folder
 
 
@@ -174,9 +174,9 @@ def test_model_steps_run_in_parallel_under_the_multiprocess_executor(tmp_path, m
                     spans[e.step_key][1] = entry.timestamp
     (a0, a1), (b0, b1) = spans.values()
     assert a0 < b1 and b0 < a1, f"the two model steps did not overlap: {spans}"
-    # not a DVC stage: the run writes its own folder, never dvc.yaml's benchmark/synthetic/
+    # not a DVC stage: the run writes the results folder, never dvc.yaml's benchmark/synthetic/
     assert not (tmp_path / "home/benchmark").exists()
-    report = json.loads(
-        (tmp_path / "home/dagster" / run_id / "benchmark/synthetic/report.json").read_text()
-    )
+    from alignrec.paths import results_root
+
+    report = json.loads((results_root() / "benchmark/synthetic/full/report.json").read_text())
     assert set(report["models"]) == {"bpr", "lightgcn"} and report["runs_trained"] == 4

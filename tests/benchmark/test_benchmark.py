@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import alignrec.data
 from alignrec import cli
+from alignrec.benchmark import grids as grids_mod
 from alignrec.benchmark import run_benchmark
 from alignrec.benchmark import runner as runner_mod
 from alignrec.benchmark.report import METRICS, key
@@ -222,8 +223,8 @@ def test_cached_only_reports_finished_runs_and_trains_nothing(bench, monkeypatch
     monkeypatch.setattr(runner_mod, "train", no_training)
     monkeypatch.setattr(runner_mod, "grid_search", no_training)
     monkeypatch.setattr(alignrec.data, "load_dataset", lambda name: clustered(0))
-    monkeypatch.setattr("alignrec.benchmark.grids.GRIDS", GRIDS)
-    args = ["benchmark", "--dataset", "tiny", "--models", ",".join(ASKED), "--seeds", "2"]
+    monkeypatch.setitem(grids_mod.PROFILES, "full", grids_mod.Profile("full", 2, GRIDS, "test"))
+    args = ["benchmark", "--dataset", "tiny", "--models", ",".join(ASKED), "--profile", "full"]
     args += ["--out", str(out), "--set", "epochs=2", "--set", "batch_size=64", "--no-progress"]
     res = CliRunner().invoke(cli.app, [*args, "--cached-only"])
     assert res.exit_code == 0, res.output
@@ -489,3 +490,60 @@ def test_the_report_states_how_alignrecs_features_were_chosen(tmp_path):
     line = _choice_line(choice)
     assert "`raw:text`, chosen on validation" in line and "stage1 0.1000" in line
     assert read_choice("raw:concat") is None  # a named set has no record
+
+
+def test_a_run_made_by_other_code_is_retrained_and_reported_as_such(bench, monkeypatch, tmp_path):
+    out = tmp_path / "bench"
+    shutil.copytree(bench.out, out)
+    monkeypatch.setattr(runner_mod, "model_code_digest", lambda model: f"changed-{model}")
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("retrained")
+
+    monkeypatch.setattr(runner_mod, "train", no_training)
+    monkeypatch.setattr(runner_mod, "grid_search", no_training)
+    args = dict(seeds=2, out=out, grids=GRIDS, progress=False, overrides=FAST)
+    # --cached-only reports the runs, naming every one as made by other code ...
+    stale = run_benchmark(clustered(0), ["bpr"], cached_only=True, **args)
+    assert stale.report["stale_runs"] == ["bpr s0", "bpr s1"]
+    assert stale.report["models"]["bpr"]["test_recall_at_20_per_seed"] == (
+        bench.report["models"]["bpr"]["test_recall_at_20_per_seed"]
+    )
+    assert "Made by other code" in (out / "table.md").read_text()
+    # ... and a benchmark that may train retrains them
+    with pytest.raises(RuntimeError, match="retrained"):
+        run_benchmark(clustered(0), ["bpr"], **args)
+
+
+def test_cached_only_without_a_dataset_rebuilds_every_report_from_the_runs(
+    bench, monkeypatch, tmp_path
+):
+    root = tmp_path / "results"
+    out = root / "tiny" / "full"
+    shutil.copytree(bench.out, out)
+    for f in ("report.json", "report.md", "table.md"):
+        (out / f).unlink()
+    (out / "runs" / "vbpr" / "s1" / runner_mod.STAMP).unlink()  # an unfinished run
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("read data or trained")
+
+    monkeypatch.setattr(alignrec.data, "load_dataset", fail)
+    monkeypatch.setattr(runner_mod, "train", fail)
+    res = CliRunner().invoke(cli.app, ["benchmark", "--cached-only", "--out", str(root)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    before = bench.report["models"]
+    assert sorted(report["models"]) == sorted(m for m in before if m != "vbpr")
+    assert "1 of 2 runs finished" in report["skipped"]["vbpr"]
+    for m in report["models"]:
+        for k in ("test_recall_at_20_per_seed", "p_wilcoxon_vs_alignrec"):
+            assert report["models"][m].get(k) == before[m].get(k), (m, k)
+    assert report["stale_runs"] == []
+    table = (out / "table.md").read_text()
+    assert table.startswith("# Benchmark on") and "| alignrec" in table.replace("**", "")
+
+    missing = CliRunner().invoke(cli.app, ["benchmark", "--cached-only", "--out", str(tmp_path / "x")])
+    assert missing.exit_code != 0 and "no benchmark reports" in str(missing.exception or missing.output)
+    no_dataset = CliRunner().invoke(cli.app, ["benchmark"])
+    assert no_dataset.exit_code != 0

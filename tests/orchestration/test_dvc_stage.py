@@ -118,7 +118,8 @@ def _set(dotted: str, value):
         ("stage2", _set("stage2.bpr.features", "stage1"), "stage2.bpr.features"),
         ("stage2", _set("stage2.gru", {"seed": 0}), "stage2.gru"),
         ("benchmark", _set("benchmark.models", ["bpr", "gru"]), "gru"),
-        ("benchmark", _set("benchmark.seeds", 0), "benchmark.seeds"),
+        ("benchmark", _set("benchmark.seeds", -1), "benchmark.seeds"),  # 0: the profile's
+        ("benchmark", _set("benchmark.profile", "fastest"), "'fastest'"),
         ("benchmark", _set("benchmark.sets.epoch", 5), "epoch"),
         ("benchmark", _set("benchmark.grids.lightgcn.n_layer", [2]), "n_layer"),
         ("benchmark", _set("benchmark.grids.lightgcn.n_layers", []), "lightgcn.n_layers"),
@@ -254,8 +255,10 @@ def test_dvc_metrics_are_the_compact_summaries_the_stages_write():
 
 
 def test_summaries_hold_only_the_headline_figures():
-    from alignrec.benchmark.runner import default_out
+    from alignrec.paths import artifacts_root
     from orchestration.assets.training import run_dir
+
+    bench = artifacts_root() / "benchmark" / "tiny"  # the DVC stage's benchmark folder
 
     figures = {f"{m}@{k}": 0.1 for m in ("recall", "ndcg", "precision", "map", "hit") for k in (5, 10, 20, 50)}
     run = run_dir("tiny", "bpr")
@@ -265,14 +268,14 @@ def test_summaries_hold_only_the_headline_figures():
     models = {m: {"test_recall_at_20_mean": 0.3, "test_recall_at_20_std": 0.01,
                   "test_recall_at_20_per_seed": [0.3, 0.3], "p_wilcoxon_vs_alignrec": 0.5}
               for m in ("bpr", "lightgcn", "alignrec")}
-    default_out("tiny").mkdir(parents=True)
-    (default_out("tiny") / "report.json").write_text(json.dumps({"models": models, "gain": {}}))
+    bench.mkdir(parents=True)
+    (bench / "report.json").write_text(json.dumps({"models": models, "gain": {}}))
 
     assert write_summaries("stage2", "tiny", ["bpr_model", "lightgcn_model"]) == [run / SUMMARY_FILE]
     head = {"recall@20": 0.1, "ndcg@20": 0.1}
     assert json.loads((run / SUMMARY_FILE).read_text()) == {"valid": head, "test": head}
-    assert write_summaries("benchmark", "tiny", ["benchmark"]) == [default_out("tiny") / SUMMARY_FILE]
-    summary = json.loads((default_out("tiny") / SUMMARY_FILE).read_text())
+    assert write_summaries("benchmark", "tiny", ["benchmark"]) == [bench / SUMMARY_FILE]
+    summary = json.loads((bench / SUMMARY_FILE).read_text())
     assert summary == {"R@20": {"bpr": 0.3, "lightgcn": 0.3, "alignrec": 0.3}}
     assert write_summaries("data", "tiny", ["dataset", "raw_data"]) == []
 
