@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alignrec import cli
-from alignrec.commands.bench import PART_COLUMNS, bench_speed, part_seconds
+from alignrec.commands.bench import PART_COLUMNS, add_ratios, bench_speed, part_seconds
 
 TINY = "synthetic:tiny"
 
@@ -154,3 +154,26 @@ def test_an_unknown_model_is_a_clear_error(flag, monkeypatch, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unknown model 'nosuch'" in err and "registered:" in err and "Traceback" not in err
+
+
+def test_ratios_to_lightgcn_and_the_targets_judge_only_what_was_measured():
+    nan = float("nan")
+    rows = [
+        {"model": "lightgcn", "epoch_seconds": 2.0, "eval_seconds": 4.0},
+        {"model": "alignrec", "epoch_seconds": 5.0, "eval_seconds": 4.0},  # 2.5x: over 2x
+        {"model": "mgcn", "epoch_seconds": 5.0, "eval_seconds": 4.0},  # 2.5x: within 3x
+        {"model": "grcn", "epoch_seconds": 5.0, "eval_seconds": 8.0},  # validation 2x: over
+        {"model": "bpr", "epoch_seconds": 1.0, "eval_seconds": nan},  # no validation timed
+        {"model": "vbpr", "skipped": "no modalities"},
+    ]
+    add_ratios(rows)
+    by = {r["model"]: r for r in rows}
+    assert by["alignrec"]["epoch_ratio"] == pytest.approx(2.5)
+    assert [by[m]["within_targets"] for m in ("lightgcn", "alignrec", "mgcn", "grcn", "bpr")] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert "epoch_ratio" not in by["vbpr"]

@@ -376,7 +376,7 @@ def bench_all(
         from alignrec import io
 
         out = Path(out)
-        io.write_json(out / "profile.json", report)
+        io.write_json(out / "profile.json", _finite(report))
         io.write_text(out / "profile.md", profile_markdown(report))
     return report
 
@@ -397,9 +397,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["epoch_ratio"] = r["epoch_seconds"] / ref["epoch_seconds"]
         r["eval_ratio"] = r["eval_seconds"] / ref["eval_seconds"]
         epoch_target = TARGETS.get(f"epoch:{r['model']}", TARGETS["epoch"])
-        r["within_targets"] = bool(
-            r["epoch_ratio"] <= epoch_target and r["eval_ratio"] <= TARGETS["validation"]
-        )
+        checks = [(r["epoch_ratio"], epoch_target), (r["eval_ratio"], TARGETS["validation"])]
+        checks = [(x, t) for x, t in checks if math.isfinite(x)]  # only what was measured
+        if checks:
+            r["within_targets"] = all(x <= t for x, t in checks)
 
 
 def _s(x: float | None) -> str:
@@ -409,7 +410,18 @@ def _s(x: float | None) -> str:
 
 
 def _ratio(x: float | None) -> str:
-    return "" if x is None else f"{x:.2f}"
+    return "" if x is None or not math.isfinite(x) else f"{x:.2f}"
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def profile_markdown(report: dict[str, Any]) -> str:
