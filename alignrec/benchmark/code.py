@@ -112,8 +112,10 @@ def model_code_digest(model: str) -> str:
 
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The checkout's commit (``+dirty`` when tracked files differ), for the record; None
-    outside a git checkout."""
+    """The checkout's commit (``+dirty`` when tracked files differ), for the record; outside a
+    git checkout (a copy of the tree on another machine), ``$ALIGNREC_GIT_COMMIT`` or None."""
+    import os
+
     try:
         run = lambda *a: subprocess.run(  # noqa: E731
             ["git", *a], cwd=PACKAGE, capture_output=True, text=True, timeout=10, check=True
@@ -121,7 +123,7 @@ def git_commit() -> str | None:
         commit = run("rev-parse", "--short=12", "HEAD")
         dirty = run("status", "--porcelain", "--untracked-files=no", "--", str(PACKAGE))
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("ALIGNREC_GIT_COMMIT") or None
     return commit + ("+dirty" if dirty else "")
 
 

@@ -190,7 +190,8 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "runs_trained": sum(len(r.reused) - sum(r.reused) for r in result.models.values()),
         "runs_reused": sum(sum(r.reused) for r in result.models.values()),
         "compute_seconds": _total([s["compute_seconds"] for s in models.values()]),
-        "commits": sorted(_commits(result)),
+        "commits": sorted(_stamped(result, "commit")),
+        "devices": sorted(_stamped(result, "device")),
         "stale_runs": [
             f"{m} s{i}" for m, r in result.models.items() for i, st in enumerate(r.stale) if st
         ],
@@ -489,14 +490,14 @@ def write_report(result: BenchmarkResult) -> dict[str, Any]:
     return report
 
 
-def _commits(result: BenchmarkResult) -> set[str]:
-    """The commits the runs were made at (from their stamps)."""
+def _stamped(result: BenchmarkResult, field: str) -> set[str]:
+    """The values of ``field`` (``commit``, ``device``) in the runs' stamps."""
     found = set()
     for runs in result.models.values():
         for folder in runs.folders:
             stamp = read_stamp(folder)
-            if stamp and stamp.get("commit"):
-                found.add(stamp["commit"])
+            if stamp and stamp.get(field):
+                found.add(str(stamp[field]))
     return found
 
 
@@ -588,7 +589,11 @@ def render_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
             + ".",
             "",
         ]
-    lines += [f"Runs made at commit(s) {', '.join(report['commits']) or 'unknown'}.", ""]
+    lines += [
+        f"Runs made at commit(s) {', '.join(report['commits']) or 'unknown'}, on "
+        f"{', '.join(report.get('devices') or []) or 'an unrecorded device'}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -528,6 +528,7 @@ def _run_model(
                     "config_key": config_key,
                     "code": code,
                     "commit": git_commit(),
+                    "device": device,
                     "seed": seed,
                     "configs": configs,
                     "point": candidates[0] if len(candidates) == 1 else None,
