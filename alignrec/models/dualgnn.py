@@ -36,7 +36,9 @@ from alignrec.models.base import (
     binary_interactions,
     bpr_loss,
     normalized_adjacency,
+    part,
 )
+from alignrec.models.gnn_ops import rows_product
 from alignrec.models.multimodal import MultimodalModel
 from alignrec.models.sparse import EdgeGraph, layer_sum
 from alignrec.similarity import BLOCK_FLOATS
@@ -110,9 +112,11 @@ class DualGNNBranch(nn.Module):
 
     def forward(self, adjacency: EdgeGraph) -> torch.Tensor:
         """This modality's representation [U + I, dim]: x + Âx + … + Â^L x."""
-        content = self.mlp_out(F.leaky_relu(self.mlp(self.features)))
-        x = F.normalize(torch.cat([self.preference, content], dim=0), dim=1)
-        return layer_sum(adjacency, x, self.n_layers)
+        with part("content"):
+            content = self.mlp_out(F.leaky_relu(self.mlp(self.features)))
+            x = F.normalize(torch.cat([self.preference, content], dim=0), dim=1)
+        with part("graph"):
+            return layer_sum(adjacency, x, self.n_layers)
 
 
 class DualGNN(MultimodalModel):
@@ -135,15 +139,35 @@ class DualGNN(MultimodalModel):
             user_cooccurrence_graph(binary_interactions(dataset), cfg.user_knn_k)
         )
 
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Users [U, d] and items [I, d] after the multi-modal fusion, before the user graph."""
         reps = torch.stack([branch(self.adjacency) for branch in self.branches], dim=2)
         users, items = self.split_nodes(reps)
-        users = (users * self.user_weight[:, None, :]).sum(2)
-        return users + self.user_graph(users), items.sum(2)
+        return (users * self.user_weight[:, None, :]).sum(2), items.sum(2)
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        users, items = self.fused()
+        with part("graph"):
+            return users + self.user_graph(users), items
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        user_all, item_all = self.embeddings()
-        u = F.embedding(users, user_all)
+        user_all, item_all = self.fused()
+        with part("graph"):  # the user graph on the batch's users only
+            batch_users, inverse = torch.unique(users, return_inverse=True)
+            smoothed = F.embedding(batch_users, user_all) + rows_product(
+                self.user_graph, batch_users, user_all
+            )
+        with part("loss"):
+            return self._loss(F.embedding(inverse, smoothed), item_all, users, pos, neg)
+
+    def _loss(
+        self,
+        u: torch.Tensor,
+        item_all: torch.Tensor,
+        users: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+    ) -> torch.Tensor:
         p, n = F.embedding(pos, item_all), F.embedding(neg, item_all)
         # MMRec's -mean log2 σ(s⁺ - s⁻): the usual BPR loss over ln 2.
         mf = bpr_loss((u * p).sum(1), (u * n).sum(1)) / math.log(2)
