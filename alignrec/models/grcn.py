@@ -32,8 +32,9 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
-from alignrec.models.base import ModelConfig, interaction_graph
-from alignrec.models.multimodal import BranchModel
+from alignrec.models.base import ModelConfig, bpr_loss, interaction_graph, part
+from alignrec.models.gnn_ops import gather_senders, rows_product
+from alignrec.models.multimodal import BranchModel, paired_square_mean
 from alignrec.models.sparse import EdgeGraph, layer_sum
 
 
@@ -71,15 +72,26 @@ class GRCNBranch(nn.Module):
         self.mlp = nn.Linear(features.shape[1], dim)
         nn.init.xavier_normal_(self.mlp.weight)
 
-    def forward(self, user_items: EdgeGraph, graph: EdgeGraph) -> tuple[torch.Tensor, torch.Tensor]:
-        """Content representation [U + I, dim] and per-edge attention [E] of ``graph``."""
+    def refine(self, user_items: EdgeGraph, graph: EdgeGraph) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node features x [U + I, dim] and the attention [E] of every edge of ``graph``.
+
+        ``graph`` is ``[[0, R], [Rᵀ, 0]]`` and ``user_items`` its block R: the affinity
+        ``<x_r, x_s>`` of an edge is that of its reverse, so it is computed once per
+        user-item pair (user rows come first in CSR order, then item rows in R's
+        transposed order).
+        """
         content = F.normalize(F.leaky_relu(self.mlp(self.features)), dim=1)
         prototype = F.normalize(self.preference, dim=1)
         for _ in range(self.n_routing):
             alpha = user_items.row_softmax(user_items.edge_dot(prototype, content))
             prototype = F.normalize(prototype + user_items.matmul(content, alpha), dim=1)
-        x = torch.cat([prototype, content], dim=0)
-        alpha = graph.row_softmax(graph.edge_dot(x, x))
+        affinity = user_items.edge_dot(prototype, content)
+        affinity = torch.cat([affinity, affinity.index_select(0, user_items.t_perm)])
+        return torch.cat([prototype, content], dim=0), graph.row_softmax(affinity)
+
+    def forward(self, user_items: EdgeGraph, graph: EdgeGraph) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content representation [U + I, dim] and per-edge attention [E] of ``graph``."""
+        x, alpha = self.refine(user_items, graph)
         return x + graph.matmul(x, alpha), alpha
 
 
@@ -108,7 +120,7 @@ class GRCN(BranchModel):
 
     def edge_weights(self, alphas: list[torch.Tensor]) -> torch.Tensor:
         """Refined weight [E] of every edge: relu(max_m α^m · confidence^m of the sender)."""
-        confidence = F.embedding(self.graph.cols, self.confidence)
+        confidence = gather_senders(self.graph, self.confidence)
         return torch.relu((torch.stack(alphas, dim=1) * confidence).max(dim=1).values)
 
     def forward(self) -> torch.Tensor:
@@ -118,3 +130,36 @@ class GRCN(BranchModel):
         x = F.normalize(self.id_embedding, dim=1)
         ids = layer_sum(partial(self.graph.matmul, values=weights), x, self.config.id_layers)
         return torch.cat([ids, *reps], dim=1)
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """:class:`BranchModel`'s loss, with the last product of each propagation computed
+        on the batch's nodes only (the rows the loss reads)."""
+        batch = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        nodes, inverse = torch.unique(batch, return_inverse=True)
+        with part("content"):
+            refined = [b.refine(self.user_items, self.graph) for b in self.branches]
+            reps = [
+                F.embedding(nodes, x) + rows_product(self.graph, nodes, x, alpha)
+                for x, alpha in refined
+            ]
+            weights = self.edge_weights([alpha for _, alpha in refined])
+        with part("graph"):
+            ids = self._id_rows(nodes, weights)
+        with part("loss"):
+            u, p, n = F.embedding(inverse, torch.cat([ids, *reps], dim=1)).split(len(users))
+            mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
+            reg = paired_square_mean(
+                self.id_embedding, users, pos + self.n_users, neg + self.n_users
+            )
+            return mf + self.config.reg_weight * (reg + self.preference_reg(users))
+
+    def _id_rows(self, nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The rows ``nodes`` of the ID part of :meth:`forward` (its layer sum)."""
+        x = F.normalize(self.id_embedding, dim=1)
+        if self.config.id_layers == 0:
+            return F.embedding(nodes, x)
+        total = F.embedding(nodes, x)
+        for _ in range(self.config.id_layers - 1):
+            x = self.graph.matmul(x, weights)
+            total = total + F.embedding(nodes, x)
+        return total + rows_product(self.graph, nodes, x, weights)
