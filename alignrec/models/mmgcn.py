@@ -28,8 +28,15 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
-from alignrec.models.base import ModelConfig, interaction_graph, mean_aggregation
-from alignrec.models.multimodal import BranchModel
+from alignrec.models.base import (
+    ModelConfig,
+    bpr_loss,
+    interaction_graph,
+    mean_aggregation,
+    part,
+)
+from alignrec.models.gnn_ops import rows_product
+from alignrec.models.multimodal import BranchModel, paired_square_mean
 from alignrec.models.sparse import EdgeGraph
 
 
@@ -88,15 +95,84 @@ class MMGCNBranch(nn.Module):
             self.linears.append(linear)
             self.gates.append(gate)
 
-    def forward(self, graph: EdgeGraph, id_embedding: torch.Tensor) -> torch.Tensor:
-        """This modality's representation [U + I, d] of every user and item."""
-        features = self.mlp(self.features) if self.mlp is not None else self.features
-        x = F.normalize(torch.cat([self.preference, features], dim=0), dim=1)
-        for conv, linear, gate in zip(self.convs, self.linears, self.gates, strict=True):
-            h = F.leaky_relu(graph(x @ conv))
-            x_hat = F.leaky_relu(linear(x)) + id_embedding
-            x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)) if self.concat else gate(h) + x_hat)
+    def forward(
+        self, graphs: tuple[EdgeGraph, EdgeGraph], ids: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This modality's representation of every user [U, d] and item [I, d].
+
+        ``graphs`` are the user and item rows of the mean aggregation D⁻¹A (users ← items,
+        items ← users) and ``ids`` the users' and items' ID embeddings.
+        """
+        return self.layers(graphs, ids, self.n_layers)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.convs)
+
+    def layers(
+        self,
+        graphs: tuple[EdgeGraph, EdgeGraph],
+        ids: tuple[torch.Tensor, torch.Tensor],
+        count: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Users and items after the first ``count`` layers, over every node."""
+        with part("content"):
+            features = self.mlp(self.features) if self.mlp is not None else self.features
+            x = (F.normalize(self.preference, dim=1), F.normalize(features, dim=1))
+        for layer in range(count):
+            with part("graph"):  # users ← items, items ← users
+                h = (
+                    _mean_transform(graphs[0], x[1], self.convs[layer]),
+                    _mean_transform(graphs[1], x[0], self.convs[layer]),
+                )
+            with part("content"):
+                x = tuple(
+                    self.combine(layer, h_side, x_side, ids_side)
+                    for h_side, x_side, ids_side in zip(h, x, ids, strict=True)
+                )
         return x
+
+    def last_layer_rows(
+        self,
+        graphs: tuple[EdgeGraph, EdgeGraph],
+        ids: tuple[torch.Tensor, torch.Tensor],
+        rows: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on the users ``rows[0]`` and items ``rows[1]`` only (distinct ids)."""
+        x = self.layers(graphs, ids, self.n_layers - 1)
+        last = self.n_layers - 1
+        conv = self.convs[last]
+        with part("graph"):
+            h = (
+                rows_product(graphs[0], rows[0], x[1]) @ conv,
+                rows_product(graphs[1], rows[1], x[0]) @ conv,
+            )
+        with part("content"):
+            return tuple(
+                self.combine(last, h_side, F.embedding(r, x_side), F.embedding(r, ids_side))
+                for h_side, x_side, ids_side, r in zip(h, x, ids, rows, strict=True)
+            )
+
+    def combine(
+        self, layer: int, h: torch.Tensor, x: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """A layer's output from the neighbours' mean ``h`` (times its conv), ``x`` and the IDs."""
+        h = F.leaky_relu(h)
+        x_hat = F.leaky_relu(self.linears[layer](x)) + ids
+        gate = self.gates[layer]
+        if not self.concat:
+            return F.leaky_relu(gate(h) + x_hat)
+        # gate([h ; x̂]) without materialising the concatenation
+        width = h.shape[1]
+        out = torch.addmm(gate.bias, h, gate.weight[:, :width].T)
+        return F.leaky_relu(out.addmm_(x_hat, gate.weight[:, width:].T))
+
+
+def _mean_transform(mean: EdgeGraph, senders: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
+    """``mean @ (senders @ conv)``, multiplied by ``conv`` on whichever side has fewer rows."""
+    if mean.shape[0] <= mean.shape[1]:
+        return mean(senders) @ conv
+    return mean(senders @ conv)
 
 
 class MMGCN(BranchModel):
@@ -106,7 +182,10 @@ class MMGCN(BranchModel):
 
     def __init__(self, dataset: Dataset, config: MMGCNConfig | None = None) -> None:
         super().__init__(dataset, config)
-        self.graph = EdgeGraph(mean_aggregation(interaction_graph(dataset)))  # D⁻¹A
+        mean = mean_aggregation(interaction_graph(dataset)).tocsr()  # D⁻¹A
+        u = self.n_users
+        self.user_mean = EdgeGraph(mean[:u, u:])  # users ← items
+        self.item_mean = EdgeGraph(mean[u:, :u])  # items ← users
 
     def make_branch(self, features: torch.Tensor) -> MMGCNBranch:
         return MMGCNBranch(features, self.n_users, self.config)
@@ -114,7 +193,33 @@ class MMGCN(BranchModel):
     def preference_reg(self, users: torch.Tensor) -> torch.Tensor:
         return sum(branch.preference.square().mean() for branch in self.branches)
 
+    @property
+    def graphs(self) -> tuple[EdgeGraph, EdgeGraph]:
+        return self.user_mean, self.item_mean
+
     def forward(self) -> torch.Tensor:
         """Representations [U + I, d]: the mean over the modality branches."""
-        reps = [branch(self.graph, self.id_embedding) for branch in self.branches]
-        return torch.stack(reps).mean(0)
+        ids = self.id_embedding.split([self.n_users, self.n_items])
+        reps = [branch(self.graphs, ids) for branch in self.branches]
+        users = torch.stack([r[0] for r in reps]).mean(0)
+        items = torch.stack([r[1] for r in reps]).mean(0)
+        return torch.cat([users, items])
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """:class:`BranchModel`'s loss, with the last layer computed on the batch's nodes only."""
+        batch_users, user_index = torch.unique(users, return_inverse=True)
+        batch_items, item_index = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        ids = self.id_embedding.split([self.n_users, self.n_items])
+        reps = [
+            b.last_layer_rows(self.graphs, ids, (batch_users, batch_items)) for b in self.branches
+        ]
+        with part("loss"):
+            user_rows = torch.stack([r[0] for r in reps]).mean(0)
+            item_rows = torch.stack([r[1] for r in reps]).mean(0)
+            u = F.embedding(user_index, user_rows)
+            p, n = F.embedding(item_index, item_rows).split(len(users))
+            mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
+            reg = paired_square_mean(
+                self.id_embedding, users, pos + self.n_users, neg + self.n_users
+            )
+            return mf + self.config.reg_weight * (reg + self.preference_reg(users))
