@@ -346,13 +346,16 @@ def test_tracking_nests_training_runs_under_a_summary_run(tmp_path):
 def test_cli_prints_the_table_and_writes_the_report(monkeypatch, tmp_path):
     ds = clustered(0)
     monkeypatch.setattr(alignrec.data, "load_dataset", lambda name: ds)
-    monkeypatch.setattr("alignrec.benchmark.grids.GRIDS", {"bpr": GRIDS["bpr"]})
+    full = grids_mod.Profile("full", 3, {"bpr": GRIDS["bpr"]}, "test")
+    monkeypatch.setitem(grids_mod.PROFILES, "full", full)
     res = CliRunner().invoke(
         cli.app,
         [
             "benchmark",
             "--dataset",
             "tiny",
+            "--profile",
+            "full",
             "--models",
             "bpr,lightgcn",
             "--models",
