@@ -94,10 +94,43 @@ def info_nce_by_id(
     uniq, counts = torch.unique(ids, return_counts=True)
     v1 = F.normalize(table1[uniq], dim=1)
     v2 = F.normalize(table2[uniq], dim=1)
-    logits = v1 @ v2.T / temperature
-    w = counts.to(logits.dtype)
-    per_row = torch.logsumexp(logits + w.log()[None, :], dim=1) - logits.diagonal()
-    return (per_row * w).sum() / w.sum()
+    return _WeightedInfoNCE.apply(v1, v2, counts.to(v1.dtype), temperature)
+
+
+class _WeightedInfoNCE(torch.autograd.Function):
+    """``Σ_i w_i (log Σ_j w_j exp(l_ij) - l_ii) / Σ w`` for ``l = v1 v2ᵀ / t``.
+
+    The forward runs torch's log-sum-exp step by step in one U x U buffer (the same
+    operations, so the same value) and keeps the exponentials; the backward is then
+    ``G = diag(c) (P - I)`` with ``P`` the weighted softmax and ``c_i = g w_i / (t Σ w)``,
+    and ``G v2``, ``Gᵀ v1``: one U x U pass instead of autograd's five.
+    """
+
+    @staticmethod
+    def forward(ctx, v1: torch.Tensor, v2: torch.Tensor, w: torch.Tensor, temperature: float):  # type: ignore[override]
+        logits = v1 @ v2.T
+        logits.div_(temperature)
+        diag = logits.diagonal().clone()
+        logits.add_(w.log()[None, :])
+        shift = logits.amax(dim=1, keepdim=True)
+        shift.masked_fill_(shift.abs() == torch.inf, 0.0)  # as torch.logsumexp does
+        e = logits.sub_(shift).exp_()  # w_j exp(l_ij - shift_i), in place
+        denom = e.sum(dim=1)
+        per_row = denom.log().add_(shift.squeeze(1)) - diag
+        total = w.sum()
+        ctx.temperature = temperature
+        ctx.save_for_backward(v1, v2, w, total, e, denom)
+        return (per_row * w).sum() / total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        v1, v2, w, total, e, denom = ctx.saved_tensors
+        coef = grad * w / (total * ctx.temperature)  # c_i
+        g = e * (coef / denom)[:, None]
+        g.diagonal().sub_(coef)
+        grad_v1 = g @ v2 if ctx.needs_input_grad[0] else None
+        grad_v2 = g.T @ v1 if ctx.needs_input_grad[1] else None
+        return grad_v1, grad_v2, None, None
 
 
 def user_item_info_nce(
@@ -109,8 +142,9 @@ def user_item_info_nce(
 ) -> torch.Tensor:
     """InfoNCE between two views of the batch's positive items plus that of its users.
 
-    MGCN's and AlignRec's contrastive term; ``view1`` and ``view2`` are node tables
-    (users, then items) and ``items`` their node ids (item ids offset by U).
+    MGCN's and AlignRec's contrastive term; ``users`` and ``items`` are row ids in the
+    tables ``view1`` and ``view2`` (node tables, users then items, with item ids offset
+    by U; or the rows of a batch's nodes only).
     """
     item_term = info_nce_by_id(view1, view2, items, temperature)
     return item_term + info_nce_by_id(view1, view2, users, temperature)
