@@ -30,6 +30,7 @@ from alignrec.models.base import (
     embedding_reg,
     id_embeddings,
     normalized_adjacency,
+    part,
 )
 from alignrec.models.multimodal import (
     content_gate,
@@ -39,7 +40,7 @@ from alignrec.models.multimodal import (
     item_item_graph,
     user_item_info_nce,
 )
-from alignrec.models.sparse import SparseTensorOp, mean_propagation
+from alignrec.models.sparse import EdgeGraph, mean_propagation
 
 # info_nce and item_item_graph live in alignrec.models.multimodal (MGCN shares them)
 # and stay importable from here.
@@ -100,12 +101,31 @@ def similarity_preservation(
     w = torch.ones(len(m), dtype=m.dtype, device=m.device) if counts is None else counts.to(m.dtype)
     first = (m.T @ (m * w[:, None])).square().sum()
     cross = (m.T @ (f * w[:, None])).square().sum()
-    if f.shape[1] <= f.shape[0]:
-        const = (f.T @ (f * w[:, None])).square().sum()
-    else:  # wide features: the U x U Gram is the cheaper way to the same constant
-        const = ((f @ f.T).square() * (w[:, None] * w[None, :])).sum()
+    const = gram_square_norm(f * w.sqrt()[:, None])  # ||F̂ᵀWF̂||², no gradient
     sq = first - 2 * cross + const
     return (sq.clamp_min(0.0).sqrt() / w.sum()).to(m_i.dtype)
+
+
+# Columns per block of :func:`gram_square_norm`.
+GRAM_BLOCK = 128
+
+
+def gram_square_norm(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """``||xᵀx||_F² = ||x xᵀ||_F²``, the Gram on the narrow side, its upper triangle only.
+
+    The Gram is symmetric: with its columns in blocks, the squared norm is the diagonal
+    blocks' plus twice the off-diagonal ones' above it, about half the products of the
+    full Gram.
+    """
+    if x.shape[1] > x.shape[0]:
+        x = x.T
+    parts = [x[:, a : a + block] for a in range(0, x.shape[1], block)]
+    total = x.new_zeros(())
+    for i, left in enumerate(parts):
+        total = total + (left.T @ left).square().sum()
+        if i + 1 < len(parts):
+            total = total + 2 * (left.T @ x[:, (i + 1) * block :]).square().sum()
+    return total
 
 
 def final_embedding_reg(z_u: torch.Tensor, z_p: torch.Tensor, z_n: torch.Tensor) -> torch.Tensor:
@@ -144,17 +164,24 @@ class AlignRec(InnerProductModel):
         self.gate = nn.Linear(d, d)  # W_g, b_g
 
         adj = normalized_adjacency(dataset)
-        self.adj = SparseTensorOp(adj, symmetric=True)
-        self.r_hat = SparseTensorOp(adj[: self.n_users, self.n_users :])  # R̂: user -> item block
-        self.item_graph = SparseTensorOp(item_item_graph(feats, k=cfg.knn_k))
+        self.adj = EdgeGraph(adj)
+        self.r_hat = EdgeGraph(adj[: self.n_users, self.n_users :])  # R̂: user -> item block
+        self.item_graph = EdgeGraph(item_item_graph(feats, k=cfg.knn_k))
 
     # ------------------------------------------------------------------ forward
+    def id_view(self) -> torch.Tensor:
+        """C: the ID embeddings of every user and item, LightGCN-propagated ([U + I, d])."""
+        x = torch.cat([self.user_emb, self.item_emb], dim=0)
+        return mean_propagation(self.adj, x, self.config.n_layers)
+
+    def multimodal_view(self) -> torch.Tensor:
+        """M: the content-gated item embeddings over the item graph, users as R̂ h ([U + I, d])."""
+        h = content_gate(self.item_emb, self.proj(self.item_features), self.gate)
+        return item_graph_view(h, self.item_graph, self.r_hat, hops=1)
+
     def forward(self) -> dict[str, torch.Tensor]:
         """All views of every user and item: C (ID), M (multimodal) and Z = C + M."""
-        h = content_gate(self.item_emb, self.proj(self.item_features), self.gate)
-        x = torch.cat([self.user_emb, self.item_emb], dim=0)
-        c = mean_propagation(self.adj, x, self.config.n_layers)
-        mm = item_graph_view(h, self.item_graph, self.r_hat, hops=1)
+        c, mm = self.id_view(), self.multimodal_view()
         return {"C": c, "M": mm, "Z": c + mm}
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -165,27 +192,39 @@ class AlignRec(InnerProductModel):
     ) -> dict[str, torch.Tensor]:
         """Every weighted loss term of a batch, and their sum under ``loss``."""
         cfg = self.config
-        views = self.forward()
-        c, m = views["C"], views["M"]
-        z_u, z_p, z_n = self.node_rows(views["Z"], users, pos, neg)
-        terms = {
-            "bpr": bpr_loss((z_u * z_p).sum(1), (z_u * z_n).sum(1)),
-            "reg": cfg.reg_weight * final_embedding_reg(z_u, z_p, z_n),
-        }
-        if cfg.uia_weight > 0:
-            terms["uia"] = cfg.uia_weight * uia_loss(z_u, z_p)
-        if cfg.alpha > 0:
-            terms["cca"] = cfg.alpha * user_item_info_nce(
-                m, c, users, pos + self.n_users, cfg.temperature
+        with part("graph"):
+            c = self.id_view()
+        with part("content"):
+            m = self.multimodal_view()
+        with part("loss"):
+            # The rows the terms read, gathered once: one gradient scatter per view
+            # instead of one per term, and Z only where it is read.
+            b = len(users)
+            nodes, inverse = torch.unique(
+                torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True
             )
-        if cfg.beta > 0:
-            uniq, counts = torch.unique(pos, return_counts=True)
-            # The target is the current (trainable) feature table, detached: in the reference,
-            # v_feat shares memory with the trained embedding.
-            terms["sim"] = cfg.beta * similarity_preservation(
-                m[uniq + self.n_users], self.item_features[uniq].detach(), counts
-            )
-        terms["loss"] = sum(terms.values())
+            c, m = c.index_select(0, nodes), m.index_select(0, nodes)
+            at_users, at_pos = inverse[:b], inverse[b : 2 * b]
+            z = c + m
+            z_u, z_p, z_n = (F.embedding(i, z) for i in inverse.split(b))
+            terms = {
+                "bpr": bpr_loss((z_u * z_p).sum(1), (z_u * z_n).sum(1)),
+                "reg": cfg.reg_weight * final_embedding_reg(z_u, z_p, z_n),
+            }
+            if cfg.uia_weight > 0:
+                terms["uia"] = cfg.uia_weight * uia_loss(z_u, z_p)
+            if cfg.alpha > 0:
+                terms["cca"] = cfg.alpha * user_item_info_nce(
+                    m, c, at_users, at_pos, cfg.temperature
+                )
+            if cfg.beta > 0:
+                uniq, counts = torch.unique(at_pos, return_counts=True)
+                # The target is the current (trainable) feature table, detached: in the
+                # reference, v_feat shares memory with the trained embedding.
+                terms["sim"] = cfg.beta * similarity_preservation(
+                    m[uniq], self.item_features[nodes[uniq] - self.n_users].detach(), counts
+                )
+            terms["loss"] = sum(terms.values())
         return terms
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from alignrec.models.alignrec import (
     AlignRec,
     AlignRecConfig,
     final_embedding_reg,
+    gram_square_norm,
     info_nce,
     item_item_graph,
     similarity_preservation,
@@ -86,6 +87,14 @@ def test_similarity_preservation_with_counts_equals_the_repeated_batch():
         (g_fast,) = torch.autograd.grad(fast, m)
         assert fast.item() == pytest.approx(direct.item(), rel=1e-6)
         torch.testing.assert_close(g_fast, g_direct, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (7, 40), (33, 33), (5, 1)])
+@pytest.mark.parametrize("block", [1, 3, 8, 128])
+def test_gram_square_norm_equals_the_full_gram(shape, block):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = gram_square_norm(x, block=block)
+    assert got.item() == pytest.approx((x.T @ x).square().sum().item(), rel=1e-12)
 
 
 def _dense_graph(feats: np.ndarray, k: int) -> np.ndarray:
