@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
@@ -30,6 +31,7 @@ from alignrec.models.base import (
     embedding_reg,
     id_embeddings,
     normalized_adjacency,
+    part,
 )
 from alignrec.models.multimodal import (
     MultimodalModel,
@@ -128,17 +130,30 @@ class MGCN(MultimodalModel):
     ) -> dict[str, torch.Tensor]:
         """The weighted BPR, L2 and contrastive terms of a batch, and their sum under ``loss``."""
         cfg = self.config
-        views = self.forward()
-        z_u, z_p, z_n = self.node_rows(views["Z"], users, pos, neg)
-        terms = {
-            "bpr": bpr_loss((z_u * z_p).sum(1), (z_u * z_n).sum(1)),
-            "reg": cfg.reg_weight * embedding_reg(z_u, z_p, z_n, squared=True),
-        }
-        if cfg.cl_weight > 0:
-            terms["cl"] = cfg.cl_weight * user_item_info_nce(
-                views["S"], views["C"], users, pos + self.n_users, cfg.temperature
+        with part("graph"):
+            x = torch.cat([self.user_emb, self.item_emb], dim=0)
+            content = mean_propagation(self.adj, x, cfg.n_ui_layers)
+        with part("content"):
+            views = self.modality_views()
+            # The fuser works row by row: only the rows the terms read are fused.
+            b = len(users)
+            nodes, inverse = torch.unique(
+                torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True
             )
-        terms["loss"] = sum(terms.values())
+            content = content.index_select(0, nodes)
+            side = self.fuse([v.index_select(0, nodes) for v in views], content)
+        with part("loss"):
+            z = content + side
+            z_u, z_p, z_n = (F.embedding(i, z) for i in inverse.split(b))
+            terms = {
+                "bpr": bpr_loss((z_u * z_p).sum(1), (z_u * z_n).sum(1)),
+                "reg": cfg.reg_weight * embedding_reg(z_u, z_p, z_n, squared=True),
+            }
+            if cfg.cl_weight > 0:
+                terms["cl"] = cfg.cl_weight * user_item_info_nce(
+                    side, content, inverse[:b], inverse[b : 2 * b], cfg.temperature
+                )
+            terms["loss"] = sum(terms.values())
         return terms
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
