@@ -29,8 +29,9 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
-from alignrec.models.base import ModelConfig, id_embeddings, normalized_adjacency
-from alignrec.models.multimodal import MultimodalModel, info_nce
+from alignrec.models.base import ModelConfig, id_embeddings, normalized_adjacency, part
+from alignrec.models.batch_rows import mean_propagation_rows
+from alignrec.models.multimodal import MultimodalModel
 from alignrec.models.sparse import EdgeGraph, mean_propagation
 
 
@@ -54,6 +55,32 @@ class SLMRecConfig(ModelConfig):
 def fac_widths(d: int, n_modalities: int) -> list[int]:
     """Width of the space shared with each modality: d, ..., d, then d // 2 for the last of several."""
     return [d] * (n_modalities - 1) + [d // 2 if n_modalities > 1 else d]
+
+
+def in_batch_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    counts: torch.Tensor,
+    row_counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-batch cross-entropy over a batch whose repeated columns are given once.
+
+    ``logits`` [R, C] score each row against the batch's distinct columns, column j
+    standing for ``counts[j]`` equal columns of the batch, and ``target`` [R] is each
+    row's positive column; row r stands for ``row_counts[r]`` equal rows (default 1).
+    Equals the mean over the full batch of ``logsumexp(row) - positive``: a repeated
+    column adds ``log count`` inside the log-sum-exp, a repeated row weighs its count.
+    """
+    if bool((counts == 1).all()):
+        per_row = F.cross_entropy(logits, target, reduction="none")
+    else:
+        log_counts = counts.to(logits.dtype).log()
+        per_row = F.cross_entropy(logits + log_counts, target, reduction="none")
+        per_row = per_row + log_counts.index_select(0, target)
+    if row_counts is None:
+        return per_row.mean()
+    w = row_counts.to(per_row.dtype)
+    return (per_row * w).sum() / w.sum()
 
 
 def xavier_linear(n_in: int, n_out: int) -> nn.Linear:
@@ -87,45 +114,72 @@ class SLMRec(MultimodalModel):
         self.fac_chain = nn.ModuleList([xavier_linear(a, b) for a, b in pairwise(widths)])
         self.adj = EdgeGraph(normalized_adjacency(dataset))
 
+    def pass_inputs(self) -> torch.Tensor:
+        """Layer 0 of every pass, side by side: [U + I, (M+1) d], channel 0 the ID pass."""
+        n_mod = len(self.modalities)
+        items = [self.item_emb] + [
+            dense(getattr(self, f"modal_features_{i}")) for i, dense in enumerate(self.dense)
+        ]
+        return torch.cat([self.user_emb.repeat(1, n_mod + 1), torch.cat(items, dim=1)], dim=0)
+
     def passes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN outputs of the ID pass and every modality pass, side by side.
 
         Users [U, (M+1) d] and items [I, (M+1) d]; channel 0 is the ID pass.
         """
-        n_mod = len(self.modalities)
-        items = [self.item_emb] + [
-            dense(getattr(self, f"modal_features_{i}")) for i, dense in enumerate(self.dense)
-        ]
-        x = torch.cat([self.user_emb.repeat(1, n_mod + 1), torch.cat(items, dim=1)], dim=0)
+        x = self.pass_inputs()
         return self.split_nodes(mean_propagation(self.adj, x, self.config.n_layers))
 
-    def fac_loss(self, item_passes: torch.Tensor) -> torch.Tensor:
-        """FAC over a batch's item rows [B, (M+1) d]: one InfoNCE per modality space."""
+    def fac_loss(
+        self, item_passes: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """FAC over a batch's item rows [B, (M+1) d]: one InfoNCE per modality space.
+
+        ``counts``: the rows are the batch's distinct items, row j standing for
+        ``counts[j]`` items of the batch (default: each once); the loss is the batch's.
+        """
         d = self.config.embedding_size
         channels = item_passes.split(d, dim=1)
         z = self.fac_id(channels[0])
+        labels = torch.arange(len(z), device=z.device)
+        counts = torch.ones_like(labels) if counts is None else counts
         total = torch.zeros((), device=item_passes.device)
         for j, head in enumerate(self.fac_modal):
             if j > 0:
                 z = self.fac_chain[j - 1](z)
             logits = (z / self.config.ssl_temp) @ head(channels[j + 1]).T
-            total = total + F.cross_entropy(logits, torch.arange(len(z), device=z.device))
+            total = total + in_batch_cross_entropy(logits, labels, counts, counts)
         return total
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         return self.loss_terms(users, pos)["loss"]
 
     def loss_terms(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Main InfoNCE of the observed pairs, the weighted FAC loss, and their sum."""
-        user_passes, item_passes = self.passes()
-        batch_items = F.embedding(items, item_passes)
-        u = self.user_out(F.embedding(users, user_passes))
-        i = self.item_out(batch_items)
-        terms = {
-            "main": info_nce(u, i, self.config.temperature),
-            "ssl": self.config.ssl_alpha * self.fac_loss(batch_items),
-        }
-        terms["loss"] = terms["main"] + terms["ssl"]
+        """Main InfoNCE of the observed pairs, the weighted FAC loss, and their sum.
+
+        The passes are propagated for the batch's rows only (:func:`mean_propagation_rows`:
+        the rows of :meth:`passes`, with the same gradients), and the in-batch terms run
+        over the batch's distinct items, each weighted by its count
+        (:func:`in_batch_cross_entropy`): the same losses as over the full batch.
+        """
+        with part("content"):
+            x = self.pass_inputs()
+        with part("graph"):
+            uniq, inverse, counts = torch.unique(items, return_inverse=True, return_counts=True)
+            nodes = torch.cat([users, uniq + self.n_users])
+            batch_users, item_rows = mean_propagation_rows(
+                self.adj, x, self.config.n_layers, nodes
+            ).split([len(users), len(uniq)])
+        with part("loss"):
+            u = F.normalize(self.user_out(batch_users), dim=1)
+            i = F.normalize(self.item_out(item_rows), dim=1)
+            # MMRec's InfoNCE of the normalised pairs, in-batch negatives, positive included
+            logits = (u / self.config.temperature) @ i.T
+            terms = {
+                "main": in_batch_cross_entropy(logits, inverse, counts),
+                "ssl": self.config.ssl_alpha * self.fac_loss(item_rows, counts),
+            }
+            terms["loss"] = terms["main"] + terms["ssl"]
         return terms
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

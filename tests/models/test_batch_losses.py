@@ -1,0 +1,67 @@
+"""Losses computed on the batch's rows only give the loss and gradients of the full-table
+formulas they replace (SLMRec, FREEDOM, LATTICE)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from alignrec.models import SLMRec, SLMRecConfig
+from alignrec.models.multimodal import info_nce
+from alignrec.models.slmrec import in_batch_cross_entropy
+from tests.training.synth import clustered
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered(3, n_users=30, n_items=24, per_user=6)
+
+
+def _batch(seed: int, n_users: int = 30, n_items: int = 24, size: int = 40):
+    g = torch.Generator().manual_seed(seed)
+    # more pairs than items: the batch repeats users and items
+    return (
+        torch.randint(0, n_users, (size,), generator=g),
+        torch.randint(0, n_items, (size,), generator=g),
+        torch.randint(0, n_items, (size,), generator=g),
+    )
+
+
+def _grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(model, loss, ref):
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    got, want = _grads(model, loss), _grads(model, ref)
+    assert got.keys() == want.keys() and got
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_in_batch_cross_entropy_equals_the_full_batch_form():
+    torch.manual_seed(0)
+    ids = torch.tensor([3, 1, 3, 0, 1, 3])
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+    full = F.cross_entropy(a[ids] @ b[ids].T, torch.arange(len(ids)))
+    uniq, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    # distinct columns, every row
+    torch.testing.assert_close(in_batch_cross_entropy(a[ids] @ b[uniq].T, inverse, counts), full)
+    # distinct rows and columns, rows weighted by their counts
+    got = in_batch_cross_entropy(a[uniq] @ b[uniq].T, torch.arange(len(uniq)), counts, counts)
+    torch.testing.assert_close(got, full)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_slmrec_loss_is_the_full_passes_loss(data, seed):
+    torch.manual_seed(seed)
+    model = SLMRec(data, SLMRecConfig(embedding_size=8, n_layers=3))
+    users, items, _ = _batch(seed)
+    loss = model.loss_terms(users, items)["loss"]
+    user_passes, item_passes = model.passes()
+    rows = item_passes[items]
+    main = info_nce(model.user_out(user_passes[users]), model.item_out(rows), 0.2)
+    _assert_same(model, loss, main + model.config.ssl_alpha * model.fac_loss(rows))
