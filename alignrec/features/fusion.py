@@ -694,6 +694,26 @@ class FusionEncoder(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+    @torch.no_grad()
+    def centring_offset(self, centre: float) -> np.ndarray:
+        """What turns the residual readout's rows into rows whose modality parts are centred
+        by the fraction ``centre`` of their mean instead of all of it: ``(1 - centre) *
+        raw_weight * [mean of each modality's pooled vector..., 0 for the fused part]`` [D],
+        added to every row (an item lacking a modality gets its prediction plus that share of
+        the mean). Centring helps cosine when a modality's vectors share a strong common
+        direction (movielens' posters), and can hurt when that direction carries signal
+        (lastfm-2k's vectors); :mod:`alignrec.features.selection` picks the share on
+        validation."""
+        if self.config.readout != "residual":
+            raise ValueError("centring_offset applies to the residual readout only")
+        parts = [
+            (1.0 - centre) * self.config.raw_weight * self.pool_mean(m).float().cpu()
+            for m in self.layout.modalities
+        ]
+        parts.append(torch.zeros(self.fused_dim))
+        return torch.cat(parts).numpy().astype(np.float32)
+
+
 def _safe(modality: str) -> str:
     return modality.replace(":", "_")
 

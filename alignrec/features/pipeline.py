@@ -90,7 +90,7 @@ def pretrain_features(
     """
     from alignrec.env import torch_device
     from alignrec.features.pretext import pretext_check, pretext_metrics
-    from alignrec.features.selection import choose_features, raw_candidates
+    from alignrec.features.selection import choose_features, raw_candidates, readout_candidates
 
     device = torch_device(device)  # a ConfigError before any work
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(dataset.name)
@@ -102,7 +102,7 @@ def pretrain_features(
         logger.log_metrics(pretext_metrics(pretext))
     choice, table = None, None
     if choose:
-        candidates = {"stage1": features, **raw_candidates(outputs)}
+        candidates = {**readout_candidates(result.model, features), **raw_candidates(outputs)}
         choice = choose_features(dataset, candidates)
         table = candidates[choice.chosen]
     return Stage1Result(features, result, outputs, pretext, choice, table)

@@ -123,3 +123,48 @@ def test_item_labels_are_read_in_item_order_with_clear_errors(tmp_path):
     (tmp_path / "labels.csv").write_text("id,a,b\n1,0,yes\n")
     with pytest.raises(DataError, match=r"row 1.*'b'.*not 0 or 1|not 0 or 1"):
         read_labels(spec, pd.Series(["1"]))
+
+
+def test_the_rule_prefers_a_candidate_at_least_as_good_as_every_raw_set_on_both_protocols():
+    S = FeatureScore
+    scores = [
+        S("stage1", zero_shot=0.28, item_cf=0.20),  # best mean, below raw on item-CF
+        S("stage1:centre=0.5", zero_shot=0.24, item_cf=0.24),  # beats the raw sets on both
+        S("raw:concat", zero_shot=0.21, item_cf=0.22),
+        S("raw:text", zero_shot=0.21, item_cf=0.21),
+    ]
+    assert selection.pick(scores) == "stage1:centre=0.5"
+    # a raw set best among the raw sets on both protocols qualifies like any other: the safe
+    # choice over a stage-1 set that loses on one protocol
+    assert selection.pick([scores[0], *scores[2:]]) == "raw:concat"
+    # with no candidate that good on both (the raw sets split the best), the best mean
+    split = [scores[0], S("raw:concat", 0.20, 0.22), S("raw:text", 0.21, 0.21)]
+    assert selection.pick(split) == "stage1"
+
+
+def test_readout_candidates_shift_the_centring_of_the_raw_parts_only():
+    from alignrec.features.fusion import FusionConfig, encode_items, pretrain_fusion
+    from alignrec.features.sets import raw_part
+
+    out = synthetic_outputs(vectors=True)
+    model = pretrain_fusion(out, FusionConfig(**SMALL)).model
+    f = encode_items(model, out)
+    cands = selection.readout_candidates(model, f)
+    assert list(cands) == ["stage1", "stage1:centre=0.5", "stage1:centre=0"]
+    col = 0
+    for m in ("text", "image", "vec:audio"):
+        raw = raw_part(out, m)
+        have = np.linalg.norm(raw, axis=1) > 0
+        mean = raw[have].mean(0)
+        width = raw.shape[1]
+        for share, name in ((0.5, "stage1:centre=0.5"), (0.0, "stage1:centre=0")):
+            part = cands[name][:, col : col + width]
+            assert np.allclose(part[have], raw[have] - share * mean, atol=1e-3), (m, share)
+            # a missing modality: its prediction plus the same share of the mean
+            assert np.allclose(part[~have], f[~have, col : col + width] + (1 - share) * mean,
+                               atol=1e-4)
+        col += width
+    for table in cands.values():  # the fused part is untouched
+        assert np.array_equal(table[:, col:], f[:, col:])
+    fused_only = pretrain_fusion(out, FusionConfig(**{**SMALL, "readout": "fused"})).model
+    assert list(selection.readout_candidates(fused_only, f)) == ["stage1"]
