@@ -157,3 +157,23 @@ def test_infinite_scores_of_relevant_items_still_count():
     table[0, 2] = torch.inf  # a valid item of user 0
     res = evaluate(lambda u: table[u], ds, "valid", ks=(1,))
     assert res.per_user["hit@1"][0] == 1.0
+
+
+def test_cpu_blocks_are_capped_and_change_nothing(monkeypatch):
+    import alignrec.evaluation.evaluator as evaluator_module
+
+    ds = _random_dataset(6)
+    table = torch.randn(ds.n_users, ds.n_items, generator=torch.Generator().manual_seed(2))
+    ref = evaluate(lambda u: table[u], ds, "valid", batch_size=1024)
+    monkeypatch.setattr(evaluator_module, "CPU_BLOCK_CELLS", 7 * ds.n_items)
+    sizes = []
+
+    def scorer(u):
+        sizes.append(len(u))
+        return table[u]
+
+    res = evaluate(scorer, ds, "valid", batch_size=1024)
+    assert max(sizes) == 7 and sum(sizes) == len(res.users)
+    assert res.metrics == ref.metrics
+    for k, v in ref.per_user.items():
+        np.testing.assert_array_equal(res.per_user[k], v)
