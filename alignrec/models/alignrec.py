@@ -32,6 +32,7 @@ from alignrec.models.base import (
     normalized_adjacency,
     part,
 )
+from alignrec.models.batch_rows import mean_propagation_rows
 from alignrec.models.multimodal import (
     content_gate,
     info_nce,
@@ -174,10 +175,13 @@ class AlignRec(InnerProductModel):
         x = torch.cat([self.user_emb, self.item_emb], dim=0)
         return mean_propagation(self.adj, x, self.config.n_layers)
 
-    def multimodal_view(self) -> torch.Tensor:
-        """M: the content-gated item embeddings over the item graph, users as R̂ h ([U + I, d])."""
+    def multimodal_view(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """M: the content-gated item embeddings over the item graph, users as R̂ h ([U + I, d]).
+
+        With ``nodes`` (sorted node ids), only those rows.
+        """
         h = content_gate(self.item_emb, self.proj(self.item_features), self.gate)
-        return item_graph_view(h, self.item_graph, self.r_hat, hops=1)
+        return item_graph_view(h, self.item_graph, self.r_hat, hops=1, nodes=nodes)
 
     def forward(self) -> dict[str, torch.Tensor]:
         """All views of every user and item: C (ID), M (multimodal) and Z = C + M."""
@@ -192,18 +196,17 @@ class AlignRec(InnerProductModel):
     ) -> dict[str, torch.Tensor]:
         """Every weighted loss term of a batch, and their sum under ``loss``."""
         cfg = self.config
+        # The rows the terms read (users, then items): C, M and Z are computed there only.
+        b = len(users)
+        nodes, inverse = torch.unique(
+            torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True
+        )
         with part("graph"):
-            c = self.id_view()
+            x = torch.cat([self.user_emb, self.item_emb], dim=0)
+            c = mean_propagation_rows(self.adj, x, cfg.n_layers, nodes)
         with part("content"):
-            m = self.multimodal_view()
+            m = self.multimodal_view(nodes)
         with part("loss"):
-            # The rows the terms read, gathered once: one gradient scatter per view
-            # instead of one per term, and Z only where it is read.
-            b = len(users)
-            nodes, inverse = torch.unique(
-                torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True
-            )
-            c, m = c.index_select(0, nodes), m.index_select(0, nodes)
             at_users, at_pos = inverse[:b], inverse[b : 2 * b]
             z = c + m
             z_u, z_p, z_n = (F.embedding(i, z) for i in inverse.split(b))

@@ -33,6 +33,7 @@ from alignrec.models.base import (
     normalized_adjacency,
     part,
 )
+from alignrec.models.batch_rows import mean_propagation_rows
 from alignrec.models.multimodal import (
     MultimodalModel,
     content_gate,
@@ -88,14 +89,18 @@ class MGCN(MultimodalModel):
             EdgeGraph(item_item_graph(np.asarray(t), k=cfg.knn_k)) for t in tables.values()
         )
 
-    def modality_views(self) -> list[torch.Tensor]:
-        """Per modality, the purified item-item view ``[R̂ h_m; h_m]`` ([U + I, d])."""
+    def modality_views(self, nodes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per modality, the purified item-item view ``[R̂ h_m; h_m]`` ([U + I, d]).
+
+        With ``nodes`` (sorted node ids), only those rows.
+        """
         return [
             item_graph_view(
                 content_gate(self.item_emb, self.proj[m](self.features[m]), self.purifier[m]),
                 graph,
                 self.r_hat,
                 hops=self.config.n_layers,
+                nodes=nodes,
             )
             for m, graph in zip(self.modalities, self.item_graphs, strict=True)
         ]
@@ -130,18 +135,16 @@ class MGCN(MultimodalModel):
     ) -> dict[str, torch.Tensor]:
         """The weighted BPR, L2 and contrastive terms of a batch, and their sum under ``loss``."""
         cfg = self.config
+        # The rows the terms read: the fuser works row by row, so only they are fused.
+        b = len(users)
+        nodes, inverse = torch.unique(
+            torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True
+        )
         with part("graph"):
             x = torch.cat([self.user_emb, self.item_emb], dim=0)
-            content = mean_propagation(self.adj, x, cfg.n_ui_layers)
+            content = mean_propagation_rows(self.adj, x, cfg.n_ui_layers, nodes)
         with part("content"):
-            views = self.modality_views()
-            # The fuser works row by row: only the rows the terms read are fused.
-            b = len(users)
-            nodes, inverse = torch.unique(
-                torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True
-            )
-            content = content.index_select(0, nodes)
-            side = self.fuse([v.index_select(0, nodes) for v in views], content)
+            side = self.fuse(self.modality_views(nodes), content)
         with part("loss"):
             z = content + side
             z_u, z_p, z_n = (F.embedding(i, z) for i in inverse.split(b))

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.models.base import InnerProductModel, ModelConfig, bpr_loss, modality_features
-from alignrec.models.sparse import Propagate
+from alignrec.models.gnn_ops import rows_product
+from alignrec.models.sparse import EdgeGraph, Propagate
 from alignrec.similarity import sym_normalize_rows, topk_similarity
 
 
@@ -63,15 +64,25 @@ def content_gate(item_emb: torch.Tensor, content: torch.Tensor, gate: nn.Module)
 
 
 def item_graph_view(
-    h: torch.Tensor, item_graph: Propagate, user_items: Propagate, hops: int = 1
+    h: torch.Tensor,
+    item_graph: Propagate,
+    user_items: EdgeGraph,
+    hops: int = 1,
+    nodes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MGCN's item-item view: ``hops`` steps of the item graph, users as ``R̂ h``.
 
-    Returns ``[R̂ h; h]`` ([U + I, d]), in the node order of the user-item graph.
+    Returns ``[R̂ h; h]`` ([U + I, d]), in the node order of the user-item graph; with
+    ``nodes`` (sorted node ids) only those rows, the users' from their rows of ``R̂``.
     """
     for _ in range(hops):
         h = item_graph(h)
-    return torch.cat([user_items(h), h], dim=0)
+    if nodes is None:
+        return torch.cat([user_items(h), h], dim=0)
+    n_users = user_items.shape[0]
+    split = int(torch.searchsorted(nodes, n_users))
+    users = rows_product(user_items, nodes[:split], h)
+    return torch.cat([users, h.index_select(0, nodes[split:] - n_users)], dim=0)
 
 
 def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:

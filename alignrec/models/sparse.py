@@ -10,13 +10,11 @@ data); no model needs its own device handling. Calling it computes ``A @ x``, wi
 ``F.embedding_bag`` (about twice as fast as ``torch.sparse.mm`` on CPU, and
 deterministic on any device). It also multiplies by the same pattern with per-edge
 values that are learnt (GRCN's attention and refined graph), with gradients for the
-values computed by gathers and CSR sums only. :class:`SparseTensorOp` keeps torch's
-sparse CSR product, which AlignRec's results were produced with.
+values computed by gathers and CSR sums only.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -24,8 +22,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from alignrec.models.base import to_torch_sparse
 
 # Anything that maps x to A @ x with a gradient: a SparseOp, or EdgeGraph.matmul with values.
 Propagate = Callable[[torch.Tensor], torch.Tensor]
@@ -122,27 +118,6 @@ class EdgeGraph(SparseOp):
         return _RowSoftmax.apply(self, scores)
 
 
-class SparseTensorOp(SparseOp):
-    """A as a torch sparse CSR tensor (and Aᵀ unless ``symmetric``), multiplied by torch.
-
-    On CPU torch's product sums in another order than :class:`EdgeGraph`; AlignRec keeps
-    it so that its trained models and reported numbers stay reproducible to the bit.
-    """
-
-    def __init__(self, matrix: sp.spmatrix, symmetric: bool = False) -> None:
-        super().__init__(matrix.shape)
-        self.symmetric = symmetric
-        self.register_buffer("matrix", _csr_tensor(matrix), persistent=False)
-        if not symmetric:
-            self.register_buffer("matrix_t", _csr_tensor(matrix.T), persistent=False)
-
-    def product(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matrix.matmul(x)
-
-    def product_t(self, y: torch.Tensor) -> torch.Tensor:
-        return (self.matrix if self.symmetric else self.matrix_t).matmul(y)
-
-
 def layer_sum(propagate: Propagate, x: torch.Tensor, n_layers: int) -> torch.Tensor:
     """``x + A x + ... + A^L x``: the sum over propagation layers, layer 0 included."""
     total = x
@@ -155,12 +130,6 @@ def layer_sum(propagate: Propagate, x: torch.Tensor, n_layers: int) -> torch.Ten
 def mean_propagation(propagate: Propagate, x: torch.Tensor, n_layers: int) -> torch.Tensor:
     """LightGCN's readout: the mean of ``x, A x, ..., A^L x`` (layer 0 included)."""
     return layer_sum(propagate, x, n_layers) / (n_layers + 1)
-
-
-def _csr_tensor(matrix: sp.spmatrix) -> torch.Tensor:
-    with warnings.catch_warnings():  # torch's "CSR support is in beta": we only use its matmul
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        return to_torch_sparse(matrix).to_sparse_csr()
 
 
 def _spmm(graph: EdgeGraph, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
