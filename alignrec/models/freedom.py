@@ -33,7 +33,10 @@ from alignrec.models.base import (
     bpr_loss,
     id_embeddings,
     normalized_adjacency,
+    part,
 )
+from alignrec.models.batch_rows import mean_propagation_rows
+from alignrec.models.gnn_ops import rows_product
 from alignrec.models.multimodal import (
     MultimodalModel,
     modality_parameters,
@@ -168,20 +171,39 @@ class FREEDOM(MultimodalModel):
     def loss_terms(
         self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """BPR over the pruned graph, the weighted per-modality BPR terms, and their sum."""
-        user_all, item_all = self.propagate(self.train_adj)
-        u = F.embedding(users, user_all)
-        p, n = F.embedding(pos, item_all), F.embedding(neg, item_all)
-        modal = torch.zeros((), device=u.device)
-        for m in self.modalities:
-            f_p = self.proj[m](F.embedding(pos, self.features[m]))
-            f_n = self.proj[m](F.embedding(neg, self.features[m]))
-            modal = modal + bpr_loss((u * f_p).sum(1), (u * f_n).sum(1))
-        terms = {
-            "bpr": bpr_loss((u * p).sum(1), (u * n).sum(1)),
-            "modal": self.config.reg_weight * modal,
-        }
-        terms["loss"] = terms["bpr"] + terms["modal"]
+        """BPR over the pruned graph, the weighted per-modality BPR terms, and their sum.
+
+        Only the batch's rows are propagated (the last product of each graph at the rows,
+        :func:`mean_propagation_rows`), and each distinct item's features are projected
+        once: the rows of :meth:`propagate`, with the same gradients.
+        """
+        cfg = self.config
+        uniq, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        with part("graph"):
+            x = torch.cat([self.user_emb, self.item_emb], dim=0)
+            nodes = torch.cat([users, uniq + self.n_users])
+            u, item_rows = mean_propagation_rows(self.train_adj, x, cfg.n_ui_layers, nodes).split(
+                [len(users), len(uniq)]
+            )
+        with part("content"):
+            h = self.item_emb
+            for hop in range(cfg.n_mm_layers):
+                last = hop == cfg.n_mm_layers - 1
+                h = rows_product(self.item_graph, uniq, h) if last else self.item_graph(h)
+            if cfg.n_mm_layers == 0:
+                h = F.embedding(uniq, h)
+            p, n = F.embedding(inverse, item_rows + h).split([len(pos), len(neg)])
+            feats = [self.proj[m](F.embedding(uniq, self.features[m])) for m in self.modalities]
+        with part("loss"):
+            modal = torch.zeros((), device=u.device)
+            for f in feats:
+                f_p, f_n = F.embedding(inverse, f).split([len(pos), len(neg)])
+                modal = modal + bpr_loss((u * f_p).sum(1), (u * f_n).sum(1))
+            terms = {
+                "bpr": bpr_loss((u * p).sum(1), (u * n).sum(1)),
+                "modal": cfg.reg_weight * modal,
+            }
+            terms["loss"] = terms["bpr"] + terms["modal"]
         return terms
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from alignrec.models import SLMRec, SLMRecConfig
+from alignrec.models import FREEDOM, FREEDOMConfig, SLMRec, SLMRecConfig
+from alignrec.models.base import bpr_loss
 from alignrec.models.multimodal import info_nce
 from alignrec.models.slmrec import in_batch_cross_entropy
 from tests.training.synth import clustered
@@ -65,3 +66,23 @@ def test_slmrec_loss_is_the_full_passes_loss(data, seed):
     rows = item_passes[items]
     main = info_nce(model.user_out(user_passes[users]), model.item_out(rows), 0.2)
     _assert_same(model, loss, main + model.config.ssl_alpha * model.fac_loss(rows))
+
+
+@pytest.mark.parametrize("mm_layers", [0, 1, 2])
+def test_freedom_loss_is_the_full_tables_loss(data, mm_layers):
+    torch.manual_seed(0)
+    model = FREEDOM(data, FREEDOMConfig(embedding_size=8, n_mm_layers=mm_layers))
+    model.on_epoch_start(0)  # prunes the training graph
+    users, pos, neg = _batch(3)
+    loss = model.loss_terms(users, pos, neg)["loss"]
+    user_all, item_all = model.propagate(model.train_adj)
+    u, p, n = user_all[users], item_all[pos], item_all[neg]
+    modal = sum(
+        bpr_loss(
+            (u * model.proj[m](model.features[m][pos])).sum(1),
+            (u * model.proj[m](model.features[m][neg])).sum(1),
+        )
+        for m in model.modalities
+    )
+    ref = bpr_loss((u * p).sum(1), (u * n).sum(1)) + model.config.reg_weight * modal
+    _assert_same(model, loss, ref)
