@@ -36,14 +36,21 @@ from alignrec.models.base import (
     id_embeddings,
     interaction_graph,
     mean_aggregation,
+    part,
 )
+from alignrec.models.batch_rows import mean_propagation_rows
+from alignrec.models.gnn_ops import rows_product
 from alignrec.models.multimodal import (
     MultimodalModel,
     item_item_graph,
     modality_parameters,
 )
 from alignrec.models.sparse import EdgeGraph, mean_propagation
-from alignrec.similarity import topk_similarity
+
+# Most similarities [rows x items] scored at once by :func:`knn_table` (8 MiB of float32): a
+# block this small is reused from the allocator and stays near the cache, where one of
+# 64 MiB is mapped and zero-filled by the OS every time (the kNN runs 3x faster on a CPU).
+KNN_BLOCK_CELLS = 2**21
 
 
 @dataclass
@@ -92,11 +99,24 @@ def random_walk_adjacency(dataset: Dataset) -> sp.csr_matrix:
 def knn_table(x: torch.Tensor, k: int) -> torch.Tensor:
     """Column indices [I, k] of each row's k most cosine-similar rows (itself included).
 
-    Found in row blocks by :func:`~alignrec.similarity.topk_similarity`, on ``x``'s device.
+    The similarities of :func:`~alignrec.similarity.topk_similarity` (``x_i . x_j /
+    (|x_i| |x_j|)``, 0 for a zero row), found in row blocks of at most
+    :data:`KNN_BLOCK_CELLS` similarities on ``x``'s device; the order of a row's neighbours
+    is not specified.
     """
+    x = x.detach()
     n = x.shape[0]
-    knn = topk_similarity(x.detach().cpu().numpy(), k=k, device=x.device)
-    return torch.from_numpy(knn.indices.astype(np.int64)).view(n, knn.nnz // n).to(x.device)
+    k = min(k, n)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    block = max(1, KNN_BLOCK_CELLS // max(n, 1))
+    out = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        sim = x[a:b] @ x.T
+        sim /= norms[a:b, None] * norms[None, :]
+        sim.nan_to_num_(0.0)  # all-zero rows have no direction
+        out[a:b] = torch.topk(sim, k, dim=1).indices
+    return out
 
 
 def symmetric_normalize_table(cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -162,6 +182,20 @@ class LATTICE(MultimodalModel):
             out = out + w * original(h)
         return out
 
+    def item_step_rows(
+        self, graph: LatentGraph, h: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows ``rows`` (distinct) of :meth:`item_step`, from those rows' neighbours only."""
+        out = F.embedding_bag(
+            graph.cols.index_select(0, rows),
+            h,
+            per_sample_weights=F.embedding(rows, graph.vals),
+            mode="sum",
+        )
+        for w, original in zip(graph.weights, self.original_graphs, strict=True):
+            out = out + w * rows_product(original, rows, h)
+        return out
+
     def propagate(self, graph: LatentGraph) -> tuple[torch.Tensor, torch.Tensor]:
         """Final user and item embeddings: LightGCN, items plus their normalised graph smoothing."""
         h = self.item_emb
@@ -172,16 +206,36 @@ class LATTICE(MultimodalModel):
         return users, items + F.normalize(h, dim=1)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        if self._graph is None:  # first batch of the epoch: rebuild, gradients reach the graph
-            graph = self.latent_graph()
-            self._graph = graph.detach()
-        else:
-            graph = self._graph
-        user_all, item_all = self.propagate(graph)
-        u = F.embedding(users, user_all)
-        p, n = F.embedding(pos, item_all), F.embedding(neg, item_all)
-        mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        return mf + self.config.reg_weight * embedding_reg(u, p, n, squared=True)
+        """BPR and the L2 penalty on the rows of :meth:`propagate` that the batch reads.
+
+        Only those rows are propagated (the last hop of each graph at the rows,
+        :func:`mean_propagation_rows`): the same loss and gradients.
+        """
+        cfg = self.config
+        uniq, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        with part("content"):
+            if self._graph is None:  # first batch of the epoch: rebuild, gradients reach it
+                graph = self.latent_graph()
+                self._graph = graph.detach()
+            else:
+                graph = self._graph
+            h = self.item_emb
+            for layer in range(cfg.n_layers):
+                last = layer == cfg.n_layers - 1
+                h = self.item_step_rows(graph, h, uniq) if last else self.item_step(graph, h)
+            if cfg.n_layers == 0:
+                h = F.embedding(uniq, h)
+            h = F.normalize(h, dim=1)
+        with part("graph"):
+            x = torch.cat([self.user_emb, self.item_emb], dim=0)
+            nodes = torch.cat([users, uniq + self.n_users])
+            u, item_rows = mean_propagation_rows(self.adj, x, cfg.n_ui_layers, nodes).split(
+                [len(users), len(uniq)]
+            )
+        with part("loss"):
+            p, n = F.embedding(inverse, item_rows + h).split([len(pos), len(neg)])
+            mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
+            return mf + cfg.reg_weight * embedding_reg(u, p, n, squared=True)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.latent_graph())

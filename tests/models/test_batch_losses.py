@@ -7,10 +7,20 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from alignrec.models import FREEDOM, FREEDOMConfig, SLMRec, SLMRecConfig
-from alignrec.models.base import bpr_loss
+import alignrec.models.lattice as lattice_module
+from alignrec.models import (
+    FREEDOM,
+    LATTICE,
+    FREEDOMConfig,
+    LATTICEConfig,
+    SLMRec,
+    SLMRecConfig,
+)
+from alignrec.models.base import bpr_loss, embedding_reg
+from alignrec.models.lattice import knn_table
 from alignrec.models.multimodal import info_nce
 from alignrec.models.slmrec import in_batch_cross_entropy
+from alignrec.similarity import topk_similarity
 from tests.training.synth import clustered
 
 
@@ -86,3 +96,33 @@ def test_freedom_loss_is_the_full_tables_loss(data, mm_layers):
     )
     ref = bpr_loss((u * p).sum(1), (u * n).sum(1)) + model.config.reg_weight * modal
     _assert_same(model, loss, ref)
+
+
+@pytest.mark.parametrize("item_layers", [0, 1, 2])
+def test_lattice_loss_is_the_full_tables_loss(data, item_layers):
+    torch.manual_seed(0)
+    model = LATTICE(data, LATTICEConfig(embedding_size=8, feat_embed_dim=6, n_layers=item_layers))
+    model.on_epoch_start(0)
+    for seed in (4, 5):  # the epoch's first batch (gradients reach the graph), then a later one
+        users, pos, neg = _batch(seed)
+        rebuilds = model._graph is None
+        loss = model.loss(users, pos, neg)
+        graph = model.latent_graph() if rebuilds else model._graph
+        user_all, item_all = model.propagate(graph)
+        u, p, n = user_all[users], item_all[pos], item_all[neg]
+        ref = bpr_loss((u * p).sum(1), (u * n).sum(1)) + model.config.reg_weight * embedding_reg(
+            u, p, n, squared=True
+        )
+        _assert_same(model, loss, ref)
+
+
+def test_lattice_knn_table_has_the_neighbours_of_topk_similarity(monkeypatch):
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+    x[7] = 0  # a zero row: every similarity 0
+    monkeypatch.setattr(lattice_module, "KNN_BLOCK_CELLS", 3 * 50)  # blocks of 3 rows
+    got = knn_table(x, 4)
+    want = topk_similarity(x.numpy(), k=4)
+    assert got.shape == (50, 4)
+    for i in range(50):
+        if i != 7:  # the zero row's neighbours are any four tied at 0
+            assert set(got[i].tolist()) == set(want.indices[want.indptr[i] : want.indptr[i + 1]])
