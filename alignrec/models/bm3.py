@@ -23,7 +23,13 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
-from alignrec.models.base import ModelConfig, embedding_reg, id_embeddings, normalized_adjacency
+from alignrec.models.base import (
+    ModelConfig,
+    embedding_reg,
+    id_embeddings,
+    normalized_adjacency,
+    part,
+)
 from alignrec.models.multimodal import (
     MultimodalModel,
     modality_parameters,
@@ -90,31 +96,38 @@ class BM3(MultimodalModel):
         Targets are dropped out with the global torch generator (seeded by the trainer).
         """
         cfg = self.config
-        u_all, i_all = self.encode()
-        with torch.no_grad():
-            u_target = F.dropout(u_all, cfg.dropout)
-            i_target = F.dropout(i_all, cfg.dropout)
-        u_online = self.predictor(F.embedding(users, u_all))
-        i_online = self.predictor(F.embedding(items, i_all))
-        i_tgt = F.embedding(items, i_target)
-        terms = {
-            "ui": cosine_loss(u_online, i_tgt)
-            + cosine_loss(i_online, F.embedding(users, u_target)),
-            "reg": cfg.reg_weight * embedding_reg(u_all, i_all),
-        }
+        with part("graph"):
+            u_all, i_all = self.encode()
+        with part("loss"):
+            with torch.no_grad():
+                u_target = F.dropout(u_all, cfg.dropout)
+                i_target = F.dropout(i_all, cfg.dropout)
+            u_online = self.predictor(F.embedding(users, u_all))
+            i_online = self.predictor(F.embedding(items, i_all))
+            i_tgt = F.embedding(items, i_target)
+            terms = {
+                "ui": cosine_loss(u_online, i_tgt)
+                + cosine_loss(i_online, F.embedding(users, u_target)),
+                "reg": cfg.reg_weight * embedding_reg(u_all, i_all),
+            }
         # Modalities are projected for the batch's distinct items only: one dropout mask
         # per item, as when the whole table is projected and perturbed, at a fraction of it.
-        uniq, inverse = torch.unique(items, return_inverse=True)
-        inter = intra = torch.zeros((), device=u_all.device)
-        for m in self.modalities:
-            feats = self.proj[m](F.embedding(uniq, self.features[m]))
-            with torch.no_grad():
-                target = F.dropout(feats, cfg.dropout)
-            f_online = self.predictor(F.embedding(inverse, feats))
-            inter = inter + cosine_loss(f_online, i_tgt)
-            intra = intra + cosine_loss(f_online, F.embedding(inverse, target))
-        terms["modal"] = cfg.cl_weight * (inter + intra)
-        terms["loss"] = sum(terms.values())
+        with part("content"):
+            uniq, inverse = torch.unique(items, return_inverse=True)
+            projected = {
+                m: self.proj[m](F.embedding(uniq, self.features[m])) for m in self.modalities
+            }
+        with part("loss"):
+            inter = intra = torch.zeros((), device=u_all.device)
+            for m in self.modalities:
+                feats = projected[m]
+                with torch.no_grad():
+                    target = F.dropout(feats, cfg.dropout)
+                f_online = self.predictor(F.embedding(inverse, feats))
+                inter = inter + cosine_loss(f_online, i_tgt)
+                intra = intra + cosine_loss(f_online, F.embedding(inverse, target))
+            terms["modal"] = cfg.cl_weight * (inter + intra)
+            terms["loss"] = sum(terms.values())
         return terms
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from alignrec.data.dataset import Dataset
-from alignrec.models.base import InnerProductModel, ModelConfig, bpr_loss, embedding_reg
+from alignrec.models.base import InnerProductModel, ModelConfig, bpr_loss, embedding_reg, part
 
 
 @dataclass
@@ -33,12 +33,13 @@ class BPR(InnerProductModel):
         nn.init.xavier_normal_(self.item_embedding.weight)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        u = self.user_embedding(users)
-        p = self.item_embedding(pos)
-        n = self.item_embedding(neg)
-        mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        reg = embedding_reg(u, p, n, squared=self.config.reg_squared)
-        return mf + self.config.reg_weight * reg
+        with part("loss"):
+            u = self.user_embedding(users)
+            p = self.item_embedding(pos)
+            n = self.item_embedding(neg)
+            mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
+            reg = embedding_reg(u, p, n, squared=self.config.reg_squared)
+            return mf + self.config.reg_weight * reg
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight

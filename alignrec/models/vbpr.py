@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
-from alignrec.models.base import ModelConfig, bpr_loss, embedding_reg
+from alignrec.models.base import ModelConfig, bpr_loss, embedding_reg, part
 from alignrec.models.multimodal import MultimodalModel
 
 
@@ -55,11 +55,13 @@ class VBPR(MultimodalModel):
         return torch.cat([self.item_emb, self.proj(self.item_features)], dim=1)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        items = self.item_vectors()
-        u = F.embedding(users, self.user_emb)
-        p, n = F.embedding(pos, items), F.embedding(neg, items)
-        mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        return mf + self.config.reg_weight * embedding_reg(u, p, n)
+        with part("content"):
+            items = self.item_vectors()
+        with part("loss"):
+            u = F.embedding(users, self.user_emb)
+            p, n = F.embedding(pos, items), F.embedding(neg, items)
+            mf = bpr_loss((u * p).sum(1), (u * n).sum(1))
+            return mf + self.config.reg_weight * embedding_reg(u, p, n)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_vectors()
