@@ -25,9 +25,9 @@ from alignrec.evaluation.metrics import per_user_metrics
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 
 # Most score cells [users x items] ranked at once on a CPU. A block this small (8 MiB of
-# float32) is reused from the allocator's free memory and stays near the cache, where a
-# block of 1,024 users x 18k items is mapped and zero-filled by the OS at every batch:
-# scoring runs 2-3x faster per user.
+# float32) stays near the cache and is reused from the heap even where glibc's allocator is
+# left untuned (alignrec.env.tune_allocator): there a block of 1,024 users x 18k items is
+# mapped and zero-filled by the OS at every batch, and scoring runs 2-3x slower per user.
 CPU_BLOCK_CELLS = 2**21
 
 # A scorer maps user indices [B] to scores [B, n_items]. The evaluator masks the
