@@ -83,6 +83,11 @@ def in_batch_cross_entropy(
     return (per_row * w).sum() / w.sum()
 
 
+# Most floats of the propagated feature tables :meth:`SLMRec.loss_terms` keeps (512 MiB);
+# beyond, it projects and propagates the features in every step as :meth:`SLMRec.passes`.
+FEATURE_PASS_FLOATS = 2**27
+
+
 def xavier_linear(n_in: int, n_out: int) -> nn.Linear:
     layer = nn.Linear(n_in, n_out)
     nn.init.xavier_uniform_(layer.weight)
@@ -113,6 +118,37 @@ class SLMRec(MultimodalModel):
         # Chain from each space into the next, coarser one (MMRec: g_iv_iva then g_iva_ivat).
         self.fac_chain = nn.ModuleList([xavier_linear(a, b) for a, b in pairwise(widths)])
         self.adj = EdgeGraph(normalized_adjacency(dataset))
+        self._feature_passes: list[torch.Tensor] | None = None
+
+    def _apply(self, fn, recurse=True):
+        self._feature_passes = None  # rebuilt on the new device
+        return super()._apply(fn, recurse)
+
+    def feature_passes(self) -> list[torch.Tensor] | None:
+        """The fixed parts of the modality passes: ``P [0; F_m]`` [U + I, D_m] for every
+        modality table F_m, then ``P [0; 1]`` [U + I, 1], P the mean propagation.
+
+        A modality pass is linear in its input ``[U; F_m Wᵀ + 1 bᵀ]``, so it equals
+        ``P [U; 0] + (P [0; F_m]) Wᵀ + (P [0; 1]) bᵀ``: the projection moves after the
+        propagation, onto the batch's rows. None when the tables would exceed
+        :data:`FEATURE_PASS_FLOATS`.
+        """
+        tables = [getattr(self, f"modal_features_{i}") for i in range(len(self.dense))]
+        n_nodes = self.n_users + self.n_items
+        if n_nodes * (sum(t.shape[1] for t in tables) + 1) > FEATURE_PASS_FLOATS:
+            return None
+        if self._feature_passes is None:
+            ones = torch.ones(self.n_items, 1, device=tables[0].device)
+            with torch.no_grad():
+                self._feature_passes = [
+                    mean_propagation(
+                        self.adj,
+                        torch.cat([t.new_zeros(self.n_users, t.shape[1]), t]),
+                        self.config.n_layers,
+                    )
+                    for t in [*tables, ones]
+                ]
+        return self._feature_passes
 
     def pass_inputs(self) -> torch.Tensor:
         """Layer 0 of every pass, side by side: [U + I, (M+1) d], channel 0 the ID pass."""
@@ -158,18 +194,41 @@ class SLMRec(MultimodalModel):
         """Main InfoNCE of the observed pairs, the weighted FAC loss, and their sum.
 
         The passes are propagated for the batch's rows only (:func:`mean_propagation_rows`:
-        the rows of :meth:`passes`, with the same gradients), and the in-batch terms run
+        the rows of :meth:`passes`, with the same gradients), the modality tables projected
+        after their (fixed) propagation (:meth:`feature_passes`), and the in-batch terms run
         over the batch's distinct items, each weighted by its count
         (:func:`in_batch_cross_entropy`): the same losses as over the full batch.
         """
-        with part("content"):
-            x = self.pass_inputs()
-        with part("graph"):
-            uniq, inverse, counts = torch.unique(items, return_inverse=True, return_counts=True)
-            nodes = torch.cat([users, uniq + self.n_users])
-            batch_users, item_rows = mean_propagation_rows(
-                self.adj, x, self.config.n_layers, nodes
-            ).split([len(users), len(uniq)])
+        uniq, inverse, counts = torch.unique(items, return_inverse=True, return_counts=True)
+        nodes = torch.cat([users, uniq + self.n_users])
+        fixed = self.feature_passes()
+        if fixed is None:
+            with part("content"):
+                x = self.pass_inputs()
+            with part("graph"):
+                rows = mean_propagation_rows(self.adj, x, self.config.n_layers, nodes)
+        else:
+            with part("graph"):
+                # the ID pass beside P [U; 0], the user part every modality pass shares
+                x = torch.cat(
+                    [
+                        self.user_emb.repeat(1, 2),
+                        torch.cat([self.item_emb, torch.zeros_like(self.item_emb)], dim=1),
+                    ]
+                )
+                id_pass, user_part = mean_propagation_rows(
+                    self.adj, x, self.config.n_layers, nodes
+                ).chunk(2, dim=1)
+            with part("content"):
+                ones = F.embedding(nodes, fixed[-1])
+                modal = [
+                    user_part
+                    + F.linear(F.embedding(nodes, table), dense.weight)
+                    + ones * dense.bias
+                    for table, dense in zip(fixed[:-1], self.dense, strict=True)
+                ]
+                rows = torch.cat([id_pass, *modal], dim=1)
+        batch_users, item_rows = rows.split([len(users), len(uniq)])
         with part("loss"):
             u = F.normalize(self.user_out(batch_users), dim=1)
             i = F.normalize(self.item_out(item_rows), dim=1)

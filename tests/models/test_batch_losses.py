@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 import alignrec.models.lattice as lattice_module
+import alignrec.models.slmrec as slmrec_module
 from alignrec.models import (
     FREEDOM,
     LATTICE,
@@ -66,10 +67,14 @@ def test_in_batch_cross_entropy_equals_the_full_batch_form():
     torch.testing.assert_close(got, full)
 
 
+@pytest.mark.parametrize("fixed_passes", [True, False], ids=["feature-passes", "direct"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_slmrec_loss_is_the_full_passes_loss(data, seed):
+def test_slmrec_loss_is_the_full_passes_loss(data, seed, fixed_passes, monkeypatch):
+    if not fixed_passes:  # too big to keep: the modality passes are propagated every step
+        monkeypatch.setattr(slmrec_module, "FEATURE_PASS_FLOATS", 0)
     torch.manual_seed(seed)
     model = SLMRec(data, SLMRecConfig(embedding_size=8, n_layers=3))
+    assert (model.feature_passes() is not None) == fixed_passes
     users, items, _ = _batch(seed)
     loss = model.loss_terms(users, items)["loss"]
     user_passes, item_passes = model.passes()
