@@ -563,6 +563,8 @@ def _command_line(**opts: Any) -> str:
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, list):
             parts += [f"{flag} {v}" for v in value]
         else:
