@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -155,6 +156,13 @@ class Choice:
             name = f"**{s.name}** (stage 2 reads it)" if s.name == self.chosen else s.name
             lines.append(f"| {name} | {s.zero_shot:.4f} | {s.item_cf:.4f} | {s.score:.4f} |")
         return "\n".join(lines) + f"\n\nRule: {self.rule}."
+
+    def metrics(self) -> dict[str, float]:
+        """Each candidate's rule value as a tracking metric, ``select/<name>/score``, the name
+        spelled with what MLflow accepts in a key (``stage1:centre=0.5`` ->
+        ``stage1_centre_0.5``)."""
+        return {f"select/{re.sub(r'[^0-9A-Za-z_.-]', '_', s.name)}/score": s.score
+                for s in self.scores}
 
     def summary(self) -> str:
         """One line for logs, metadata and reports."""

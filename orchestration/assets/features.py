@@ -116,7 +116,7 @@ def stage1_features(
             context.log.warning("stage 1 does not beat interpolation on %s", ", ".join(bad))
         context.log.info(choice.summary())
         lg.set_tags({"stage2_features": choice.chosen})
-        lg.log_metrics({f"select/{s.name.replace(':', '_')}/score": s.score for s in choice.scores})
+        lg.log_metrics(choice.metrics())
         save_fusion(result.model, folder / "encoder")
         io.write_npy(folder / "stage1.npy", features)
         io.write_json(folder / "choice.json", {**choice.to_dict(),

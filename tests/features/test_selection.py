@@ -168,3 +168,14 @@ def test_readout_candidates_shift_the_centring_of_the_raw_parts_only():
         assert np.array_equal(table[:, col:], f[:, col:])
     fused_only = pretrain_fusion(out, FusionConfig(**{**SMALL, "readout": "fused"})).model
     assert list(selection.readout_candidates(fused_only, f)) == ["stage1"]
+
+
+def test_the_choice_metrics_have_names_mlflow_accepts():
+    from mlflow.utils.validation import _validate_metric_name
+
+    scores = [FeatureScore(n, 0.1, 0.2) for n in ("stage1", "stage1:centre=0.5", "raw:vec:text")]
+    metrics = selection.Choice("stage1", scores).metrics()
+    assert list(metrics) == ["select/stage1/score", "select/stage1_centre_0.5/score",
+                             "select/raw_vec_text/score"]
+    for name in metrics:
+        _validate_metric_name(name)  # raises on a name MLflow refuses
