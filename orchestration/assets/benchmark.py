@@ -258,7 +258,7 @@ def _config(config: BenchmarkConfig) -> dict:
     description="Every registered model: the quick profile (one seed, each model at its pinned "
     "point) or the full one (grid selected on validation on seed 0, the winner over 3 seeds); "
     "test metrics mean ± std, AlignRec's gain and paired p-values, plots, into "
-    "results/benchmark/<dataset>/<profile>/. One step per model: they run in parallel under a "
+    "`results/benchmark/<dataset>/<profile>/`. One step per model: they run in parallel under a "
     "multiprocess or k8s/celery executor.",
 )
 def benchmark(dataset: dict, stage1_features: dict) -> dict:

@@ -67,6 +67,7 @@ def test_steps_run_on_two_celery_workers_and_match_the_in_process_run(
     celery_home.mkdir()
     ref_home.mkdir()
     env = {**os.environ, **home, "ALIGNREC_HOME": str(celery_home),
+           "ALIGNREC_RESULTS": str(celery_home / "results"),
            "MLFLOW_TRACKING_URI": mlflow_server.url, "ALIGNREC_EXECUTOR": "celery",
            "ALIGNREC_CELERY_BROKER": redis_url, "ALIGNREC_CELERY_BACKEND": redis_url,
            "PYTHONPATH": str(servers.ROOT), "PATH": f"{servers.BIN}:{os.environ['PATH']}",
@@ -79,6 +80,7 @@ def test_steps_run_on_two_celery_workers_and_match_the_in_process_run(
     try:
         # The reference, in this process, while the workers start.
         monkeypatch.setenv("ALIGNREC_HOME", str(ref_home))
+        monkeypatch.setenv("ALIGNREC_RESULTS", str(ref_home / "results"))  # its own runs
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'ref.db'}")
         monkeypatch.setenv("ALIGNREC_EXECUTOR", "in_process")
         t0 = time.monotonic()
@@ -125,7 +127,7 @@ def test_steps_run_on_two_celery_workers_and_match_the_in_process_run(
     ]  # fmt: skip
     assert overlapping, f"no two steps on different workers overlapped: {steps}"
 
-    # the report.json each run wrote (beside its report.md), under its own ALIGNREC_HOME
+    # the report.json each run wrote (beside its report.md), under its own results folder
     report, want = (json.loads(Path(o["benchmark"]["report_path"]).with_suffix(".json")
                                .read_text()) for o in (got, expected))  # fmt: skip
     assert Path(got["benchmark"]["report_path"]).is_relative_to(celery_home)
