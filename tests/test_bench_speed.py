@@ -47,6 +47,38 @@ def test_batches_times_the_first_batches_and_scales_to_the_epoch():
     assert len(r["eval_seconds_all"]) == 0
 
 
+def test_a_first_step_of_per_epoch_work_counts_once_not_scaled(monkeypatch):
+    """A model that does once-per-epoch work in its first step (LATTICE rebuilds its graphs
+    there): scaling that step with the others would count the work once per batch."""
+    import time as _time
+
+    from alignrec.models.bpr import BPR
+
+    pause, state = 0.3, {"fresh": False}
+    on_epoch_start, loss = BPR.on_epoch_start, BPR.loss
+
+    def start(self, epoch):
+        state["fresh"] = True
+        return on_epoch_start(self, epoch)
+
+    def slow_first(self, users, pos, neg):
+        if state["fresh"]:
+            state["fresh"] = False
+            _time.sleep(pause)
+        return loss(self, users, pos, neg)
+
+    monkeypatch.setattr(BPR, "on_epoch_start", start)
+    monkeypatch.setattr(BPR, "loss", slow_first)
+    kw = dict(epochs=1, evals=0, threads=1, sets=["batch_size=100"], warmup=False)
+    r = bench_speed("bpr", TINY, batches=3, profile_batches=3, **kw)
+    assert r["batches_per_epoch"] >= 8
+    # the pause once, plus 8 or more fast steps; scaled with the other two timed steps it
+    # would count 3 times or more
+    assert pause <= r["epoch_seconds"] < 2 * pause, r["epoch_seconds_all"]
+    # the profile weights the first step once as well: the unlabelled pause is "other"
+    assert r["parts_seconds"]["other"] == pytest.approx(pause, rel=0.5)
+
+
 def test_without_warmup_every_epoch_and_validation_is_timed():
     r = bench_speed("bpr", TINY, epochs=1, evals=1, threads=1, profile_batches=0, warmup=False)
     assert len(r["epoch_seconds_all"]) == 1 and len(r["eval_seconds_all"]) == 1

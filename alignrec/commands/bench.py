@@ -8,8 +8,9 @@ What is measured, per model:
 
 - **epoch**: wall time of a training epoch (negative sampling, ``on_epoch_start`` and every
   step), unprofiled; the median over ``epochs`` epochs after a warm-up. With ``batches`` only
-  the first N steps of each epoch run and the step time is scaled to the epoch's full number
-  of batches (sampling and ``on_epoch_start`` are counted once, as in a full epoch).
+  the first N steps of each epoch run: the first step counts once (a model may do per-epoch
+  work there) and the other N - 1 are scaled to the epoch's remaining batches (sampling and
+  ``on_epoch_start`` are counted once, as in a full epoch).
 - **parts** of the epoch: ``graph``, ``content`` and ``loss`` as the model labels the pieces
   of its ``loss()`` (:func:`alignrec.models.base.part`), ``backward`` and ``optimiser``
   (``loss.backward()`` and ``optimizer.step()``), and ``other`` (the rest: sampling,
@@ -109,6 +110,17 @@ def part_seconds(events: Any) -> tuple[dict[str, float], float]:
     return {k: max(v, 0.0) / 1e6 for k, v in parts.items()}, steps / 1e6
 
 
+def _profiled(step, batches) -> tuple[dict[str, float], float]:
+    """:func:`part_seconds` of ``step`` run on each of ``batches`` under torch.profiler."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for users, pos, neg in batches:
+            with torch.profiler.record_function(STEP_RANGE):
+                step(users, pos, neg)
+    return part_seconds(prof.events())
+
+
 def bench_speed(
     model: str,
     dataset: str,
@@ -186,25 +198,37 @@ def bench_speed(
         t, c = time.perf_counter(), time.process_time()
         it = epoch_batches(epoch)
         setup, setup_cpu = time.perf_counter() - t, time.process_time() - c
+        # The first step apart: a model may do once-per-epoch work there (LATTICE rebuilds its
+        # item graphs), which must count once, not scaled with the other steps.
         t, c = time.perf_counter(), time.process_time()
-        for users, pos, neg in islice(it, run_batches):
+        step(*next(it))
+        _sync(device)
+        first, first_cpu = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
+        for users, pos, neg in islice(it, run_batches - 1):
             step(users, pos, neg)
         _sync(device)
-        scale = n_batches / run_batches
+        scale = (n_batches - 1) / (run_batches - 1) if run_batches > 1 else 0.0
+        if run_batches == 1:  # nothing but the first step to go by
+            first, first_cpu = first * n_batches, first_cpu * n_batches
         setup_s.append(setup)
-        epoch_s.append(setup + scale * (time.perf_counter() - t))
-        epoch_cpu.append(setup_cpu + scale * (time.process_time() - c))
+        epoch_s.append(setup + first + scale * (time.perf_counter() - t))
+        epoch_cpu.append(setup_cpu + first_cpu + scale * (time.process_time() - c))
 
     parts: dict[str, float] = {}
     profiled_step = float("nan")
     n_prof = min(profile_batches, n_batches)
     if n_prof > 0:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for users, pos, neg in islice(epoch_batches(epochs + w), n_prof):
-                with torch.profiler.record_function(STEP_RANGE):
-                    step(users, pos, neg)
-        labelled, total = part_seconds(prof.events())
-        profiled_step = total / n_prof
+        # the epoch's first step and the others profiled apart, then weighted as in an epoch
+        # (the first once, the others n_batches - 1 times between them)
+        it = epoch_batches(epochs + w)
+        first_parts, first_total = _profiled(step, islice(it, 1))
+        rest_parts, rest_total = _profiled(step, islice(it, n_prof - 1))
+        weight = (n_batches - 1) / (n_prof - 1) if n_prof > 1 else 0.0
+        labelled = {k: first_parts.get(k, 0.0) + weight * rest_parts.get(k, 0.0)
+                    for k in {*first_parts, *rest_parts}}
+        total = first_total + weight * rest_total
+        profiled_step = (first_total + rest_total) / n_prof
         parts = {k: v / total for k, v in labelled.items()} if total > 0 else {}
 
     result = None
@@ -468,8 +492,8 @@ def profile_markdown(report: dict[str, Any]) -> str:
         "Seconds per training epoch (median of "
         f"{s.get('epochs')}{' after a warm-up' if s.get('warmup', True) else ''}"
         + (
-            f"; the first {s.get('batches')} batches of each epoch timed and scaled to the "
-            "epoch's batches"
+            f"; the first {s.get('batches')} batches of each epoch timed, the first counted "
+            "once and the others scaled to the epoch's batches"
             if scaled
             else ""
         )
