@@ -158,16 +158,21 @@ def _choice_line(choice: dict[str, Any]) -> str:
 
 
 def read_choice(features: str | None) -> dict[str, Any] | None:
-    """The stage-1 choice record (``choice.json``) beside a features file, if any."""
+    """The stage-1 choice record of a features file, if any: ``choice.json`` beside it (the
+    ``stage1_features`` asset's), or the ``stage2_choice`` of the summary ``<name>.json``
+    that ``alignrec pretrain-features --out <name>.npy`` writes."""
     if not features or not features.endswith(".npy"):
         return None
-    file = Path(features).with_name("choice.json")
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError):
-        return None
+    path = Path(features)
+    for file, key in ((path.with_name("choice.json"), None), (path.with_suffix(".json"), "stage2_choice")):
+        try:
+            record = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        choice = record.get(key) if key else record
+        if isinstance(choice, dict) and "chosen" in choice:
+            return choice
+    return None
 
 
 def build_report(result: BenchmarkResult) -> dict[str, Any]:
@@ -569,6 +574,8 @@ def render_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
         "",
         f"{how}: {result.seeds} seed(s) per model; {_patience_line(result.settings)}"
         + (f" AlignRec reads `{result.features}`." if result.features else "")
+        + (f" {_choice_line(report['alignrec_features_choice'])}"
+           if report.get("alignrec_features_choice") else "")
         + " Test metrics, mean ± std over seeds.",
         "",
         results_table(report),

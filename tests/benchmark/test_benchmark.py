@@ -493,6 +493,14 @@ def test_the_report_states_how_alignrecs_features_were_chosen(tmp_path):
     line = _choice_line(choice)
     assert "`raw:text`, chosen on validation" in line and "stage1 0.1000" in line
     assert read_choice("raw:concat") is None  # a named set has no record
+    # `alignrec pretrain-features --out x.npy` keeps the choice in its summary x.json
+    cli_out = tmp_path / "cli" / "x.npy"
+    cli_out.parent.mkdir()
+    cli_out.write_bytes(b"")
+    (cli_out.parent / "x.json").write_text(json.dumps({"features": str(cli_out), "stage2_choice": None}))
+    assert read_choice(str(cli_out)) is None  # --no-select: no choice was made
+    (cli_out.parent / "x.json").write_text(json.dumps({"features": str(cli_out), "stage2_choice": choice}))
+    assert read_choice(str(cli_out)) == choice
 
 
 def test_a_run_made_by_other_code_is_retrained_and_reported_as_such(bench, monkeypatch, tmp_path):
