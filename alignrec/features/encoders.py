@@ -17,9 +17,10 @@ changes whenever its weights, version or preprocessing change, so the cache
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,25 @@ class TextEncoder:
         return out
 
 
+# Torch threads of the image encoder on the CPU: fixed, so that its outputs are the same
+# bits at any ALIGNREC_THREADS (the cached outputs were made with 2).
+ENCODER_THREADS = 2
+
+
+@contextlib.contextmanager
+def threads_for(device: torch.device, n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` inside the block on the CPU, then restored."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
     """Read an image as a normalised float32 array [3, size, size].
 
@@ -218,7 +238,16 @@ class ImageEncoder:
 
     @torch.no_grad()
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
-        """Patch grids float32 [len(paths), 49, 1280], row-major over the 7x7 grid."""
+        """Patch grids float32 [len(paths), 49, 1280], row-major over the 7x7 grid.
+
+        On the CPU with :data:`ENCODER_THREADS` threads, whatever the process's count: the
+        convolution kernels chosen depend on the thread count and give other low bits, and
+        the cache, and every run keyed on it, would depend on ``ALIGNREC_THREADS``.
+        """
+        with threads_for(self.device, ENCODER_THREADS):
+            return self._encode(paths)
+
+    def _encode(self, paths: Sequence[str | Path]) -> np.ndarray:
         out = np.zeros((len(paths), self.n_patches, self.dim), np.float32)
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start : start + self.batch_size]

@@ -135,3 +135,29 @@ def test_unreadable_image_is_a_data_error(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="bad.jpg"):
         encoders.load_image(bad)
+
+
+def test_image_patches_do_not_depend_on_the_process_thread_count(tmp_path):
+    """The image encoder runs with ENCODER_THREADS threads on the CPU: its convolutions give
+    other low bits at other thread counts (a short last batch differed at 1 and 2 threads)."""
+    import torch
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.jpg")
+        write_jpeg(paths[-1], (40 * i, 200 - 30 * i, 17 * i))
+    enc = encoders.ImageEncoder(batch_size=4)
+    seen = []
+    forward = enc.model.extract_features
+    enc.model.extract_features = lambda x: seen.append(torch.get_num_threads()) or forward(x)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outs.append(enc.encode(paths))
+            assert torch.get_num_threads() == n  # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [encoders.ENCODER_THREADS] * 4
+    assert np.array_equal(outs[0], outs[1])
