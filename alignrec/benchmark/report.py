@@ -183,7 +183,7 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "profile": result.profile,
         "seeds": result.seeds,
         "alignrec_features": result.features,
-        "alignrec_features_choice": read_choice(result.features),
+        "alignrec_features_choice": result.features_choice,
         "patience": result.settings.get("patience"),
         "selection": "grid on seed 0, winner by valid recall@20; test scored once per run",
         "settings": dict(result.settings),
@@ -516,6 +516,7 @@ def manifest(result: BenchmarkResult) -> dict[str, Any]:
         "grids": {m: r.grid for m, r in result.models.items()},
         "skipped": dict(result.skipped),
         "features": result.features,
+        "features_choice": result.features_choice,
         "settings": dict(result.settings),
     }
 
@@ -526,6 +527,7 @@ def rebuild(out: str | Path) -> BenchmarkResult:
     is reported and named as such; a run not finished lists its model under skipped."""
     from alignrec.benchmark.code import model_code_digest
     from alignrec.runs import read_metrics
+    from alignrec.training.grid import grid_points
 
     out = Path(out)
     if not (out / MANIFEST).is_file():
@@ -554,20 +556,41 @@ def rebuild(out: str | Path) -> BenchmarkResult:
                 f"(runs/{m}/s{len(runs.records)} is missing)"
             )
             continue
-        runs.winner = dict(runs.records[0].get("grid_point") or {})
+        # a one-point grid is not searched, so its run names no grid_point: the point is it
+        runs.winner = dict(
+            runs.records[0].get("grid_point") or (grid_points(runs.grid) if runs.grid else [{}])[0]
+        )
         models[m] = runs
     result = BenchmarkResult(
         spec["dataset"], out, spec["seeds"], models, skipped, spec.get("features"),
         settings=spec.get("settings", {}), profile=spec.get("profile"),
+        features_choice=spec.get("features_choice") or _earlier_choice(out),
     )
     write_report(result)
     return result
 
 
+def _seeds_flag(result: BenchmarkResult) -> str:
+    """`` --seeds N`` when the benchmark ran another number of seeds than its profile's."""
+    from alignrec.benchmark.grids import get_profile
+
+    return "" if result.seeds == get_profile(result.profile).seeds else f" --seeds {result.seeds}"
+
+
+def _earlier_choice(out: Path) -> dict[str, Any] | None:
+    """The feature choice of the report already in ``out``: manifests written before the
+    manifest kept the choice (its features file may be gone from this work tree)."""
+    try:
+        return json.loads((out / "report.json").read_text()).get("alignrec_features_choice")
+    except (OSError, ValueError):
+        return None
+
+
 def render_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
     """``table.md``: a heading, how the table was made, the results table, the p-value line."""
     how = f"`alignrec benchmark --dataset {result.dataset}" + (
-        f" --profile {result.profile}`" if result.profile else "` (custom settings)"
+        f" --profile {result.profile}{_seeds_flag(result)}`" if result.profile
+        else "` (custom settings)"
     )
     lines = [
         f"# Benchmark on {result.dataset}",

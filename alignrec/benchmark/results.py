@@ -49,10 +49,13 @@ class BenchmarkResult:
         models: the models that ran, in the order asked.
         skipped: model -> why it did not run.
         features: the feature set AlignRec read (None when it did not run).
+        features_choice: how those features were chosen on validation (the stage-1 choice
+            record read beside them when the benchmark ran), None when there is none.
         report: the contents of ``report.json``.
         wall_seconds: wall time of this call.
         settings: the config keys set for every run (the protocol and the overrides).
-        profile: the benchmark profile's name (``quick``, ``full``), None for a custom call.
+        profile: the benchmark profile whose grids the runs used (``quick``, ``full``; the
+            seeds may differ from the profile's), None for custom grids.
     """
 
     dataset: str
@@ -61,6 +64,7 @@ class BenchmarkResult:
     models: dict[str, ModelRuns]
     skipped: dict[str, str]
     features: str | None = None
+    features_choice: dict[str, Any] | None = None
     report: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)

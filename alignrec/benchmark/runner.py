@@ -216,8 +216,12 @@ def run_benchmark(
         skipped,
         _shown(feature_spec) if OURS in ran else None,
         settings={k: v for k, v in base.items() if k not in _NOT_IN_KEY},
-        profile=chosen.name if grids == chosen.grids and int(seeds) == chosen.seeds else None,
+        profile=chosen.name if grids == chosen.grids else None,
     )
+    if OURS in ran:
+        from alignrec.benchmark.report import read_choice
+
+        result.features_choice = read_choice(feature_spec)
     from alignrec.benchmark.report import write_report
 
     result.wall_seconds = time.perf_counter() - t_start

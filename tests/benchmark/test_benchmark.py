@@ -548,7 +548,7 @@ def test_cached_only_without_a_dataset_rebuilds_every_report_from_the_runs(
     assert sorted(report["models"]) == sorted(m for m in before if m != "vbpr")
     assert "1 of 2 runs finished" in report["skipped"]["vbpr"]
     for m in report["models"]:
-        for k in ("test_recall_at_20_per_seed", "p_wilcoxon_vs_alignrec"):
+        for k in ("test_recall_at_20_per_seed", "p_wilcoxon_vs_alignrec", "winner"):
             assert report["models"][m].get(k) == before[m].get(k), (m, k)
     assert report["stale_runs"] == []
     table = (out / "table.md").read_text()
@@ -558,3 +558,43 @@ def test_cached_only_without_a_dataset_rebuilds_every_report_from_the_runs(
     assert missing.exit_code != 0 and "no benchmark reports" in str(missing.exception or missing.output)
     no_dataset = CliRunner().invoke(cli.app, ["benchmark"])
     assert no_dataset.exit_code != 0
+
+
+def test_the_table_names_the_profile_and_seeds_that_differ_from_it(tmp_path):
+    torch.set_num_threads(1)
+    quick = run_benchmark(
+        clustered(0), ["bpr"], seeds=2, out=tmp_path / "q", profile="quick", progress=False,
+        overrides=FAST,
+    )
+    assert quick.profile == "quick"
+    assert "`alignrec benchmark --dataset clustered --profile quick --seeds 2`" in (
+        quick.out / "table.md"
+    ).read_text()
+    from alignrec.benchmark.report import rebuild
+
+    pinned = grids_mod.get_profile("quick").grids["bpr"]
+    assert quick.models["bpr"].winner == {k: v[0] for k, v in pinned.items()}
+    assert rebuild(quick.out).report["models"]["bpr"]["winner"] == quick.models["bpr"].winner
+    custom = run_benchmark(
+        clustered(0), ["bpr"], seeds=1, out=tmp_path / "c", grids={"bpr": GRIDS["bpr"]},
+        profile="quick", progress=False, overrides=FAST,
+    )
+    assert custom.profile is None and "(custom settings)" in (custom.out / "table.md").read_text()
+
+
+def test_a_rebuild_keeps_the_feature_choice_without_the_features_file(bench, tmp_path):
+    from alignrec.benchmark.report import rebuild
+
+    choice = {"chosen": "stage1:centre=0.5", "rule": "r", "scores": [{"name": "stage1", "score": 0.3}]}
+    out = tmp_path / "b"
+    shutil.copytree(bench.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "features_choice" in manifest  # the benchmark keeps it beside the runs
+    manifest["features_choice"] = choice
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert rebuild(out).report["alignrec_features_choice"] == choice
+    assert "They are `stage1:centre=0.5`" in (out / "table.md").read_text()
+    # a manifest written before it kept the choice: the earlier report's choice stays
+    del manifest["features_choice"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert rebuild(out).report["alignrec_features_choice"] == choice
