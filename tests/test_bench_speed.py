@@ -155,6 +155,8 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         "backward",
         "optimiser",
         "other",
+        "dense GFLOP/step",
+        "dense floor s",
         "validation s",
         "x LightGCN",
         "peak RSS MiB",
@@ -209,3 +211,26 @@ def test_ratios_to_lightgcn_and_the_targets_judge_only_what_was_measured():
         True,
     ]
     assert "epoch_ratio" not in by["vbpr"]
+
+
+def test_dense_arithmetic_is_counted_with_its_floor():
+    """BPR's step has no matrix product; AlignRec projects every item's features to d, forward
+    and backward (gradients for the weights and for the trainable feature table)."""
+    from alignrec.data.synthetic import SCALES
+
+    kw = dict(epochs=1, evals=0, threads=1, profile_batches=0, warmup=False)
+    bpr = bench_speed("bpr", TINY, **kw)
+    assert bpr["dense_gflop_per_step"] == 0 and bpr["dense_floor_seconds"] == 0
+    ours = bench_speed("alignrec", TINY, **kw)
+    items, dim = SCALES["tiny"].items, SCALES["tiny"].dim
+    projection = 2 * items * dim * 64  # [items, dim] @ [dim, 64], in FLOPs
+    assert ours["dense_gflop_per_step"] * 1e9 >= 3 * projection
+    assert ours["gemm_gflops"] > 0
+    assert ours["dense_floor_seconds"] == pytest.approx(
+        (ours["dense_gflop_first_step"] + (ours["batches_per_epoch"] - 1)
+         * ours["dense_gflop_per_step"]) / ours["gemm_gflops"]
+    )
+    # LATTICE rebuilds its item-item graphs (item x item similarity products) in an epoch's
+    # first step only: that step is counted once, not for every batch
+    lattice = bench_speed("lattice", TINY, sets=["batch_size=100"], **kw)
+    assert lattice["dense_gflop_first_step"] > lattice["dense_gflop_per_step"]

@@ -121,6 +121,35 @@ def _profiled(step, batches) -> tuple[dict[str, float], float]:
     return part_seconds(prof.events())
 
 
+def step_flops(step, batch) -> int:
+    """Floating-point operations of the matrix products (``mm``, ``addmm``, ``bmm``...) in one
+    training ``step`` on ``batch``, backward included, as ``torch.utils.flop_counter`` counts
+    them. Sparse and gather operations (graph propagation, embedding lookups) are not counted:
+    they are bounded by memory traffic, not arithmetic."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(*batch)
+    return int(counter.get_total_flops())
+
+
+def gemm_gflops(device: Any, n: int = 2048, k: int = 512, repeats: int = 5) -> float:
+    """This process's float32 matrix-product rate in GFLOP/s: the best of ``repeats``
+    ``[n, k] @ [k, k]`` products, at the process's thread count."""
+    import torch
+
+    a = torch.randn(n, k, device=device)
+    b = torch.randn(k, k, device=device)
+    best = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n * k * k / best / 1e9
+
+
 def bench_speed(
     model: str,
     dataset: str,
@@ -231,6 +260,15 @@ def bench_speed(
         profiled_step = (first_total + rest_total) / n_prof
         parts = {k: v / total for k, v in labelled.items()} if total > 0 else {}
 
+    # the step's dense arithmetic (matrix products, forward and backward) and what this core
+    # needs for it at its measured GEMM rate: the floor under the model's own content and loss
+    # (an epoch's first step counted apart: a model may do once-per-epoch work there)
+    it = epoch_batches(epochs + w + 1)
+    flops = step_flops(step, next(it))
+    flops_per_step = flops if n_batches == 1 else step_flops(step, next(it))
+    flops_epoch = flops + (n_batches - 1) * flops_per_step
+    gemm = gemm_gflops(device)
+
     result = None
     for _ in range(evals + w if evals else 0):
         t, c = time.perf_counter(), time.process_time()
@@ -270,6 +308,10 @@ def bench_speed(
         # on a machine other jobs share
         "epoch_cpu_seconds": statistics.median(epoch_cpu[w:]) if epochs else float("nan"),
         "eval_cpu_seconds": statistics.median(eval_cpu[w:]) if evals else float("nan"),
+        "dense_gflop_per_step": flops_per_step / 1e9,
+        "dense_gflop_first_step": flops / 1e9,
+        "gemm_gflops": gemm,
+        "dense_floor_seconds": flops_epoch / 1e9 / gemm,
         "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -456,8 +498,8 @@ def profile_markdown(report: dict[str, Any]) -> str:
         f"# Speed profile on {report['dataset']}",
         "",
         "| model | epoch s | x LightGCN | graph | content | loss | backward | optimiser | other "
-        "| validation s | x LightGCN | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dense GFLOP/step | dense floor s | validation s | x LightGCN | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -471,6 +513,8 @@ def profile_markdown(report: dict[str, Any]) -> str:
                     _s(r["epoch_seconds"]),
                     _ratio(r.get("epoch_ratio")),
                     *(_s(parts.get(p)) for p in PART_COLUMNS),
+                    _s(r.get("dense_gflop_per_step")),
+                    _s(r.get("dense_floor_seconds")),
                     _s(r["eval_seconds"]),
                     _ratio(r.get("eval_ratio")),
                     f"{r['peak_rss_mib']:.0f}",
@@ -499,10 +543,23 @@ def profile_markdown(report: dict[str, Any]) -> str:
         )
         + "), split into parts by torch.profiler's shares of "
         f"{s.get('profile_batches')} profiled steps; validation: one full pass, median of "
-        f"{s.get('evals')}. Peak RSS: each model's own process."
+        f"{s.get('evals')}. Dense GFLOP/step: the matrix products of a training step after an "
+        "epoch's first, backward included (torch.utils.flop_counter; graph propagation and lookups are not "
+        "counted); dense floor: the seconds an epoch of them (its first step "
+        "counted apart) needs at this process's measured float32 GEMM rate"
+        + (f" ({_gemm_range(rows)} GFLOP/s)" if _gemm_range(rows) else "")
+        + ". Peak RSS: each model's own process."
     )
     lines.append(how)
     return "\n".join(lines) + "\n"
+
+
+def _gemm_range(rows: list[dict[str, Any]]) -> str:
+    rates = [r["gemm_gflops"] for r in rows if r.get("gemm_gflops")]
+    if not rates:
+        return ""
+    lo, hi = min(rates), max(rates)
+    return f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}–{hi:.0f}"
 
 
 def _print_single(r: dict[str, Any]) -> None:
@@ -537,6 +594,12 @@ def _print_single(r: dict[str, Any]) -> None:
         f"  CPU time        {r['epoch_cpu_seconds']:.3f} s per epoch, "
         f"{r['eval_cpu_seconds']:.3f} s per validation (medians, user + system)"
     )
+    if r.get("gemm_gflops"):
+        typer.echo(
+            f"  dense arithmetic {r['dense_gflop_per_step']:.3f} GFLOP per step: "
+            f"{r['dense_floor_seconds']:.3f} s per epoch at {r['gemm_gflops']:.0f} GFLOP/s "
+            "(this process's float32 GEMM rate)"
+        )
     typer.echo(f"  peak RSS        {r['peak_rss_mib']:.0f} MiB")
     if r.get("peak_device_mib") is not None:
         typer.echo(f"  peak device     {r['peak_device_mib']:.0f} MiB allocated")
