@@ -94,6 +94,7 @@ def run_benchmark(
     cached_only: bool = False,
     cache_dir: str | Path | None = None,
     profile: str | None = None,
+    reuse_from: str | Path | None = None,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
 
@@ -132,6 +133,9 @@ def run_benchmark(
         profile: ``quick`` (one seed, pinned points) or ``full`` (grids, 3 seeds), see
             :data:`alignrec.benchmark.grids.PROFILES`; None: ``$ALIGNREC_BENCHMARK``, else
             ``quick``. It gives the default seeds, grids and folder.
+        reuse_from: another benchmark folder: a run missing from ``out`` that is finished
+            there under the same key (code, configuration, data, seed) is copied into ``out``
+            instead of trained (``dvc repro`` reuses the repository's ``results/`` this way).
 
     The report is written only once every run has finished (see
     :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
@@ -195,6 +199,7 @@ def run_benchmark(
                     logger_factory,
                     on_run,
                     cached_only,
+                    Path(reuse_from) if reuse_from is not None else None,
                 )
             except NotCached as exc:
                 skipped[m] = str(exc)
@@ -460,6 +465,24 @@ def cached_record(
     return None
 
 
+def copy_finished_run(source: Path, folder: Path, key: str) -> dict[str, Any] | None:
+    """Copy the run in ``source`` to ``folder`` when it is finished under ``key``, and return
+    its record; else None. The copy is made beside ``folder`` and moved into place whole, its
+    stamp written last, so an interrupted copy is never taken for a finished run."""
+    import shutil
+
+    if cached_record(source, key) is None:
+        return None
+    partial = folder.with_name(f".{folder.name}.copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(STAMP))
+    shutil.copy2(source / STAMP, partial / STAMP)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.replace(folder)
+    log.info("%s: reused the finished run in %s", folder, source)
+    return read_metrics(folder)
+
+
 class NotCached(Exception):
     """A run that ``cached_only`` does not train; the message is the report's reason."""
 
@@ -475,6 +498,7 @@ def _run_model(
     logger_factory: LoggerFactory | None,
     on_run: Callable[[tuple[str, dict[str, Any], bool]], Any],
     cached_only: bool = False,
+    reuse_from: Path | None = None,
 ) -> None:
     """Seed 0 (the grid, if any), then the winner on seeds 1..n-1; each run cached."""
     model = runs.model
@@ -490,6 +514,8 @@ def _run_model(
         # --cached-only reports a run made by other code, saying so; a training call retrains it
         found = cached_record(folder, key, config_key if cached_only else None)
         record, stale = found if found is not None else (None, False)
+        if record is None and reuse_from is not None:
+            record = copy_finished_run(reuse_from / "runs" / model / f"s{seed}", folder, key)
         reused = record is not None
         if record is None and cached_only:
             raise NotCached(

@@ -78,6 +78,7 @@ def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: Comput
         write=False,
         cached_only=plan["cached_only"],
         out=plan["out"],
+        reuse_from=plan.get("reuse_from"),
         cache_dir=plan["cache_dir"],
         profile=plan["profile"],
     )
@@ -102,11 +103,10 @@ def benchmark_plan(
     profile = get_profile(config.profile or None)
     seeds = config.seeds or profile.seeds
     grids = with_grid_changes(config.grids, profile.grids)
-    out = (
-        output_root(context) / "benchmark" / dataset["name"]
-        if dvc_stage(context)
-        else default_out(dataset["name"], profile.name)
-    )
+    # A DVC run owns its outputs under the artifacts folder; it copies the runs the repository
+    # keeps in results/ when their key (code, configuration, data, seed) matches.
+    home = default_out(dataset["name"], profile.name)
+    out = output_root(context) / "benchmark" / dataset["name"] if dvc_stage(context) else home
     models = list(plan_models(config.models or None, dict(config.sets), grids))
     skip, features = {}, None
     if stage1_features.get("skipped"):
@@ -124,6 +124,7 @@ def benchmark_plan(
         "skip": skip,
         "cached_only": config.cached_only,
         "out": str(out),
+        "reuse_from": str(home) if out != home else None,
         "cache_dir": str(encoder_cache(context, dataset["name"])),
         "summary_run_id": tracking.run_id,
         "started": time.time(),

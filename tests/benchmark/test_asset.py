@@ -180,3 +180,19 @@ def test_model_steps_run_in_parallel_under_the_multiprocess_executor(tmp_path, m
 
     report = json.loads((results_root() / "benchmark/synthetic/full/report.json").read_text())
     assert set(report["models"]) == {"bpr", "lightgcn"} and report["runs_trained"] == 4
+
+
+def test_a_dvc_run_copies_the_runs_results_keeps(tmp_path, resources, isolated_home):
+    """A UI run writes results/benchmark/<dataset>/<profile>/; a `dvc repro` run, which owns
+    its own folder, copies those finished runs instead of training them again."""
+    res, _ = resources
+    config = {**TINY, "models": ["bpr"]}
+    ui = _materialize(tmp_path, res, config=config).output_for_node("benchmark")
+    assert ui["runs_trained"] == 2
+    assert (isolated_home / "results/benchmark/synthetic/full/runs/bpr/s1").is_dir()
+    dvc = _materialize(tmp_path, res, config=config, tags=DVC).output_for_node("benchmark")
+    assert dvc["runs_trained"] == 0 and dvc["runs_reused"] == 2
+    assert (isolated_home / "benchmark/synthetic/runs/bpr/s1/metrics.json").is_file()
+    assert dvc["models"]["bpr"]["test_recall_at_20_per_seed"] == (
+        ui["models"]["bpr"]["test_recall_at_20_per_seed"]
+    )

@@ -598,3 +598,36 @@ def test_a_rebuild_keeps_the_feature_choice_without_the_features_file(bench, tmp
     del manifest["features_choice"]
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert rebuild(out).report["alignrec_features_choice"] == choice
+
+
+def test_finished_runs_of_another_folder_are_copied_not_retrained(bench, monkeypatch, tmp_path):
+    """``reuse_from`` (the DVC stage's: the repository's results/): a run finished there under
+    the same key is copied into ``out``; a run under another key is trained."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(runner_mod, "train", fail)
+    monkeypatch.setattr(runner_mod, "grid_search", fail)
+    out = tmp_path / "dvc"
+    copied = run_benchmark(
+        clustered(0), ["bpr", "alignrec"], seeds=2, out=out, grids=GRIDS, progress=False,
+        overrides=FAST, reuse_from=bench.out,
+    )
+    for m in ("bpr", "alignrec"):
+        assert all(copied.models[m].reused)
+        for s in range(2):
+            run = out / "runs" / m / f"s{s}"
+            assert (run / runner_mod.STAMP).read_bytes() == (
+                bench.out / "runs" / m / f"s{s}" / runner_mod.STAMP
+            ).read_bytes()
+            assert (run / "per_user.npz").is_file()
+    assert not list(out.glob("runs/*/.*copying"))
+    assert copied.report["models"]["bpr"]["test_recall_at_20_per_seed"] == (
+        bench.report["models"]["bpr"]["test_recall_at_20_per_seed"]
+    )
+    with pytest.raises(RuntimeError, match="trained"):  # another key: not taken from there
+        run_benchmark(
+            clustered(0), ["bpr"], seeds=1, out=tmp_path / "other", grids=GRIDS, progress=False,
+            overrides={**FAST, "epochs": 3}, reuse_from=bench.out,
+        )
