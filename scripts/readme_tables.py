@@ -79,6 +79,24 @@ def render(readme: str, root: Path = ROOT) -> str:
     return BLOCK.sub(fill, readme)
 
 
+def uncommitted(readme: str, root: Path = ROOT) -> list[str]:
+    """The blocks' source files that git reports as changed or untracked in ``root``: a README
+    regenerated from them passes here and fails on a clean clone until they are committed too."""
+    import subprocess
+
+    sources = sorted({m.group("src") for m in BLOCK.finditer(readme)})
+    if not sources:
+        return []
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", *sources],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []  # not a git work tree: nothing to compare with
+    return sorted(line[3:].strip() for line in out.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report stale blocks, change nothing")
@@ -96,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if new != text:
         path.write_text(new, encoding="utf-8")
         print("README.md: generated blocks updated")
+    for src in uncommitted(new):
+        print(f"README.md: {src} is not committed; commit it with the README")
     return 0
 
 

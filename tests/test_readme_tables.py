@@ -29,3 +29,20 @@ def test_a_block_is_replaced_by_its_file_without_the_heading(tmp_path):
     out = mod.render(readme, tmp_path)
     assert out == "x\n<!-- generated from r.md -->\n| a |\n|---|\n| 1 |\n<!-- end generated -->\ny\n"
     assert mod.render(out, tmp_path) == out
+
+
+def test_sources_not_committed_are_named(tmp_path):
+    import subprocess
+
+    mod = _module()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.md").write_text("| a |\n")
+    (tmp_path / "b.md").write_text("| b |\n")
+    subprocess.run([*git, "add", "a.md", "b.md"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    readme = "".join(f"<!-- generated from {n} -->\n<!-- end generated -->\n" for n in ("a.md", "b.md", "c.md"))
+    assert mod.uncommitted(readme, tmp_path) == []
+    (tmp_path / "b.md").write_text("| b2 |\n")
+    (tmp_path / "c.md").write_text("| c |\n")
+    assert mod.uncommitted(readme, tmp_path) == ["b.md", "c.md"]
