@@ -95,6 +95,7 @@ def run_benchmark(
     cache_dir: str | Path | None = None,
     profile: str | None = None,
     reuse_from: str | Path | None = None,
+    finished_seeds: bool = False,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``dataset`` and write the report into ``out``.
 
@@ -136,6 +137,11 @@ def run_benchmark(
         reuse_from: another benchmark folder: a run missing from ``out`` that is finished
             there under the same key (code, configuration, data, seed) is copied into ``out``
             instead of trained (``dvc repro`` reuses the repository's ``results/`` this way).
+        finished_seeds: also report the seeds after ``seeds`` that every reported model has
+            already finished in ``out`` under the same key, training none of them: a one-seed
+            quick run in a folder that holds three seeds reports the three, so the report
+            never shrinks below what the folder keeps (the CLI and Dagster set it when the
+            seeds are the profile's).
 
     The report is written only once every run has finished (see
     :func:`alignrec.benchmark.report.write_report`). Models that need item modalities
@@ -211,6 +217,11 @@ def run_benchmark(
                 bar.update(int(seeds) - len(runs.records))
                 continue
             ran[m] = runs
+        if finished_seeds and ran:
+            seeds = _add_finished_seeds(
+                ran, signature, int(seeds), base, out, on_run, cached_only,
+                Path(reuse_from) if reuse_from is not None else None,
+            )
     finally:
         bar.close()
     result = BenchmarkResult(
@@ -505,11 +516,7 @@ def _run_model(
     points = grid_points(runs.grid) if runs.grid else [{}]
     for seed in range(seeds):
         candidates = points if seed == 0 else [runs.winner]
-        resolved = [_resolved(model, {**base, **p}) for p in candidates]
-        configs, data_keys = [r[0] for r in resolved], signature.of(model, resolved[0][1])
-        code = model_code_digest(model)
-        config_key = run_key(model, seed, configs, data_keys)
-        key = run_key(model, seed, configs, data_keys, code)
+        configs, key, config_key, code = _keys(model, seed, candidates, base, signature)
         folder = out / "runs" / model / f"s{seed}"
         # --cached-only reports a run made by other code, saying so; a training call retrains it
         found = cached_record(folder, key, config_key if cached_only else None)
@@ -578,6 +585,58 @@ def _run_model(
         runs.reused.append(reused)
         runs.stale.append(stale)
         on_run((model, record, reused))
+
+
+def _keys(
+    model: str,
+    seed: int,
+    candidates: list[dict[str, Any]],
+    base: dict[str, Any],
+    signature: _DataSignature,
+) -> tuple[list[dict[str, Any]], str, str, str]:
+    """``(configs, key, config_key, code)`` of one run: ``key`` with the code's digest,
+    ``config_key`` without it."""
+    resolved = [_resolved(model, {**base, **p}) for p in candidates]
+    configs, data_keys = [r[0] for r in resolved], signature.of(model, resolved[0][1])
+    code = model_code_digest(model)
+    config_key = run_key(model, seed, configs, data_keys)
+    return configs, run_key(model, seed, configs, data_keys, code), config_key, code
+
+
+def _add_finished_seeds(
+    ran: dict[str, ModelRuns],
+    signature: _DataSignature,
+    seeds: int,
+    base: dict[str, Any],
+    out: Path,
+    on_run: Callable[[tuple[str, dict[str, Any], bool]], Any],
+    cached_only: bool = False,
+    reuse_from: Path | None = None,
+) -> int:
+    """Append seed ``seeds``, ``seeds + 1``, ... to every model's runs while each model has
+    that seed finished in ``out`` under its key (the config's alone with ``cached_only``, as
+    :func:`_run_model` accepts), or in ``reuse_from``, copied; return the seed count reached.
+    Nothing is trained."""
+    while True:
+        found = {}
+        for model, runs in ran.items():
+            _, key, config_key, _ = _keys(model, seeds, [runs.winner], base, signature)
+            folder = out / "runs" / model / f"s{seeds}"
+            hit = cached_record(folder, key, config_key if cached_only else None)
+            if hit is None and reuse_from is not None:
+                record = copy_finished_run(reuse_from / "runs" / model / f"s{seeds}", folder, key)
+                hit = (record, False) if record is not None else None
+            if hit is None:
+                return seeds
+            found[model] = (folder, *hit)
+        for model, (folder, record, stale) in found.items():
+            runs = ran[model]
+            runs.records.append(record)
+            runs.folders.append(folder)
+            runs.reused.append(True)
+            runs.stale.append(stale)
+            on_run((model, record, True))
+        seeds += 1
 
 
 def _checkpointing(

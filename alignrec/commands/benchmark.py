@@ -44,7 +44,10 @@ def benchmark_command(
     ] = None,
     seeds: Annotated[
         int | None,
-        typer.Option(help="seeds per model; the grid is searched on seed 0 (default: the profile's)"),
+        typer.Option(
+            help="seeds per model; the grid is searched on seed 0 (default: the profile's, and "
+            "the report adds the later seeds every model has finished in --out)"
+        ),
     ] = None,
     features: Annotated[
         str | None,
@@ -126,6 +129,7 @@ def benchmark_command(
                 overrides=parse_assignments(sets),
                 cached_only=cached_only,
                 profile=chosen.name,
+                finished_seeds=seeds is None,
             )
     except BaseException:
         if tracking is not None:

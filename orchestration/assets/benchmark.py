@@ -59,8 +59,18 @@ def _tracking(context, dataset: str, mlflow: MLflowResource, summary_run_id: str
     return BenchmarkTracking(dataset, mlflow.logger, {"dagster_run": context.run_id}, summary)
 
 
-def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: ComputeResource):
-    """:func:`run_benchmark` of ``models`` with the plan's settings; no report written."""
+def _run(
+    plan: dict,
+    dataset: dict,
+    models: list[str],
+    tracking,
+    compute: ComputeResource,
+    report: bool = False,
+):
+    """:func:`run_benchmark` of ``models`` with the plan's settings; no report written.
+
+    ``report``: the call that gathers every model's runs for the report; with the profile's
+    seeds it adds the later seeds every model has finished in the folder."""
     from alignrec.benchmark import run_benchmark
 
     return run_benchmark(
@@ -81,6 +91,7 @@ def _run(plan: dict, dataset: dict, models: list[str], tracking, compute: Comput
         reuse_from=plan.get("reuse_from"),
         cache_dir=plan["cache_dir"],
         profile=plan["profile"],
+        finished_seeds=report and plan.get("finished_seeds", False),
     )
 
 
@@ -118,6 +129,7 @@ def benchmark_plan(
         "models": models,
         "profile": profile.name,
         "seeds": seeds,
+        "finished_seeds": not config.seeds,  # the profile's: the report adds finished ones
         "sets": dict(config.sets),
         "grids": grids,
         "features": features,
@@ -176,10 +188,11 @@ def benchmark_report(
 
     tracking = _tracking(context, dataset["name"], mlflow, plan["summary_run_id"])
     try:
-        result = _run(plan, dataset, plan["models"], tracking, compute)
+        result = _run(plan, dataset, plan["models"], tracking, compute, report=True)
         for step in done:  # trained in the model steps, not reused from an earlier benchmark
             if step["model"] in result.models:
-                result.models[step["model"]].reused = step["reused"]
+                runs = result.models[step["model"]]
+                runs.reused[: len(step["reused"])] = step["reused"]
         result.wall_seconds = time.time() - plan["started"]
         write_report(result)
     except BaseException:

@@ -196,3 +196,23 @@ def test_a_dvc_run_copies_the_runs_results_keeps(tmp_path, resources, isolated_h
     assert dvc["models"]["bpr"]["test_recall_at_20_per_seed"] == (
         ui["models"]["bpr"]["test_recall_at_20_per_seed"]
     )
+
+
+def test_the_profiles_seeds_report_the_later_seeds_the_folder_holds(tmp_path, resources):
+    """With the profile's seeds (config seeds 0: one for quick), the report keeps the later
+    seeds every model has already finished in the folder instead of shrinking to one."""
+    res, _ = resources
+    config = {**TINY, "profile": "quick", "models": ["bpr"]}
+    first = _materialize(tmp_path, res, config=config).output_for_node("benchmark")
+    assert first["runs_trained"] == 2
+    again = _materialize(tmp_path, res, config={**config, "seeds": 0}).output_for_node("benchmark")
+    assert again["runs_trained"] == 0 and again["runs_reused"] == 2
+    assert again["models"]["bpr"]["test_recall_at_20_per_seed"] == (
+        first["models"]["bpr"]["test_recall_at_20_per_seed"]
+    )
+    dvc = _materialize(tmp_path, res, config={**config, "seeds": 0}, tags=DVC)
+    dvc = dvc.output_for_node("benchmark")  # its own folder: both seeds copied from results/
+    assert dvc["runs_trained"] == 0 and dvc["runs_reused"] == 2
+    assert dvc["models"]["bpr"]["test_recall_at_20_per_seed"] == (
+        first["models"]["bpr"]["test_recall_at_20_per_seed"]
+    )

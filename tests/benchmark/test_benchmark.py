@@ -631,3 +631,32 @@ def test_finished_runs_of_another_folder_are_copied_not_retrained(bench, monkeyp
             clustered(0), ["bpr"], seeds=1, out=tmp_path / "other", grids=GRIDS, progress=False,
             overrides={**FAST, "epochs": 3}, reuse_from=bench.out,
         )
+
+
+def test_the_report_adds_the_seeds_every_model_has_finished(bench, monkeypatch, tmp_path):
+    """``finished_seeds`` (the profile's seeds): a one-seed call in a folder holding two seeds
+    reports both, training nothing; a model missing the later seed stops the extension."""
+    import shutil
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(runner_mod, "train", fail)
+    monkeypatch.setattr(runner_mod, "grid_search", fail)
+    out = tmp_path / "b"
+    shutil.copytree(bench.out, out)
+    kw = dict(grids=GRIDS, progress=False, overrides=FAST, out=out)
+    one = run_benchmark(clustered(0), ["bpr", "alignrec"], seeds=1, **kw)
+    assert one.seeds == 1 and len(one.models["bpr"].records) == 1
+    both = run_benchmark(clustered(0), ["bpr", "alignrec"], seeds=1, finished_seeds=True, **kw)
+    assert both.seeds == 2
+    for m in ("bpr", "alignrec"):
+        assert both.models[m].records == _records(bench, m)
+        assert both.models[m].reused == [True, True]
+    assert both.report["models"]["bpr"]["test_recall_at_20_per_seed"] == (
+        bench.report["models"]["bpr"]["test_recall_at_20_per_seed"]
+    )
+    (out / "runs" / "alignrec" / "s1" / runner_mod.STAMP).unlink()
+    partial = run_benchmark(clustered(0), ["bpr", "alignrec"], seeds=1, finished_seeds=True, **kw)
+    assert partial.seeds == 1
+    assert [len(partial.models[m].records) for m in ("bpr", "alignrec")] == [1, 1]
