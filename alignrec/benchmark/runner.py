@@ -27,8 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from alignrec import io
 from alignrec.benchmark.code import git_commit, model_code_digest
 from alignrec.benchmark.results import OURS, STAMP, BenchmarkResult, ModelRuns, read_stamp
@@ -53,7 +51,9 @@ from alignrec.training.checkpoint import (
     Checkpointing,
     RunStatus,
     checkpoint_files,
+    interactions_digest,
     remove_checkpoints,
+    table_digest,
 )
 
 log = logging.getLogger("alignrec.benchmark")
@@ -409,20 +409,21 @@ class _DataSignature:
 
     def __init__(self, data: Dataset) -> None:
         self.data = data
-        inter = data.interactions  # hashed as a whole: no split is singled out (or read)
-        h = hashlib.sha256(f"{data.n_users}x{data.n_items}".encode())
-        for column in ("user", "item"):
-            h.update(np.ascontiguousarray(inter[column].to_numpy(dtype=np.int64)).tobytes())
-        h.update("\n".join(inter["split"].astype(str)).encode())
-        self.interactions = h.hexdigest()
+        self.interactions = interactions_digest(data)
         self._features: dict[str, str] = {}
 
     def feature(self, key: str) -> str:
+        """A table's digest: of what decided it when the data layer recorded that (a table
+        derived from the encoders: their cache key, so a run made on another CPU, whose
+        encoder outputs differ in the last bits, is still found), else of its bytes."""
+        from alignrec.features.sets import FEATURE_SOURCES
+
         if key not in self._features:
-            arr = np.ascontiguousarray(self.data.features[key])
-            h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
-            h.update(arr.tobytes())
-            self._features[key] = h.hexdigest()
+            source = self.data.meta.get(FEATURE_SOURCES, {}).get(key)
+            if source:
+                self._features[key] = hashlib.sha256(f"source:{source}".encode()).hexdigest()
+            else:
+                self._features[key] = table_digest(self.data.features[key])
         return self._features[key]
 
     def of(self, model: str, model_config: Any) -> dict[str, str]:

@@ -48,6 +48,7 @@ class TextTokens:
     states: np.ndarray
     offsets: np.ndarray
     encoder_id: str = ""
+    key: str = ""  # the cache key: the encoder id and every input text (see text_key)
 
     @property
     def n_items(self) -> int:
@@ -76,6 +77,7 @@ class ImagePatches:
     patches: np.ndarray
     index: np.ndarray
     encoder_id: str = ""
+    key: str = ""  # the cache key: the encoder id and every image file's bytes (see image_key)
 
     @property
     def n_items(self) -> int:
@@ -199,6 +201,7 @@ def text_tokens(
         states=np.concatenate(states) if states else np.zeros((0, encoder.dim), np.float16),
         offsets=offsets,
         encoder_id=enc_id,
+        key=key,
     )
     seconds = time.perf_counter() - t0
     with atomic_path(folder, is_dir=True) as tmp:
@@ -223,6 +226,7 @@ def _load_text(folder: Path, meta: dict) -> TextTokens:
         states=np.load(folder / "states.npy", mmap_mode="r"),
         offsets=np.load(folder / "offsets.npy"),
         encoder_id=meta.get("encoder_id", ""),
+        key=meta.get("key", ""),
     )
 
 
@@ -273,7 +277,7 @@ def image_patches(
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     log.info("image encoder outputs: %d images in %.1fs -> %s", len(have), seconds, folder)
-    return ImagePatches(patches=patches, index=index, encoder_id=enc_id), seconds
+    return ImagePatches(patches=patches, index=index, encoder_id=enc_id, key=key), seconds
 
 
 def _load_image(folder: Path, meta: dict) -> ImagePatches:
@@ -281,6 +285,7 @@ def _load_image(folder: Path, meta: dict) -> ImagePatches:
         patches=np.load(folder / "patches.npy", mmap_mode="r"),
         index=np.load(folder / "index.npy"),
         encoder_id=meta.get("encoder_id", ""),
+        key=meta.get("key", ""),
     )
 
 

@@ -144,14 +144,20 @@ def with_modalities(dataset, cache_dir: str | Path | None = None, *, progress: b
     """
     import dataclasses
 
-    from alignrec.features.sets import raw_part, raw_parts
+    from alignrec.features.sets import FEATURE_SOURCES, raw_part, raw_part_source, raw_parts
 
     if not (dataset.has_text or dataset.has_images or dataset.features):
         return dataset
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(dataset.name)
     outputs = extract(dataset, cache_dir, progress=progress)
     tables = {f"mm:{part}": raw_part(outputs, part) for part in raw_parts(outputs)}
-    return dataclasses.replace(dataset, features={**dataset.features, **tables})
+    sources = {f"mm:{part}": raw_part_source(outputs, part) for part in raw_parts(outputs)}
+    known = {**dataset.meta.get(FEATURE_SOURCES, {}), **{k: v for k, v in sources.items() if v}}
+    return dataclasses.replace(
+        dataset,
+        features={**dataset.features, **tables},
+        meta={**dataset.meta, FEATURE_SOURCES: known},
+    )
 
 
 def _has(dataset, modality: str) -> bool:

@@ -103,6 +103,43 @@ def raw_part(outputs: EncoderOutputs, part: str, drop: Drop | None = None) -> np
     return raw_vector(outputs, part.removeprefix("vec:"), drop)
 
 
+# ``Dataset.meta`` key: feature table name -> a digest of what decided it (its inputs, the
+# encoder, the code that derived it), set by ``with_modalities`` for the tables it derives.
+# The benchmark keys runs by it instead of the table's bytes, whose last bits vary with the CPU.
+FEATURE_SOURCES = "feature_sources"
+
+
+def raw_part_source(outputs: EncoderOutputs, part: str) -> str | None:
+    """What decides :func:`raw_part`'s table, as a digest: the encoder cache key (the encoder
+    and every input text or image file) or the precomputed matrix's bytes, and the source of
+    the functions that derive the table (:func:`_raw_code`). Not the table's own bytes, whose
+    last bits vary with the CPU the encoder ran on. None when the input has no key (outputs
+    built in memory)."""
+    import hashlib
+
+    if part == "text":
+        source = outputs.text.key if outputs.text is not None else ""
+    elif part == "image":
+        source = outputs.image.key if outputs.image is not None else ""
+    else:
+        mat = np.ascontiguousarray(outputs.vectors[part.removeprefix("vec:")])
+        source = hashlib.sha256(f"{mat.dtype}{mat.shape}".encode() + mat.tobytes()).hexdigest()
+    if not source:
+        return None
+    h = hashlib.sha256(f"{part}|{source}|".encode())
+    h.update(_raw_code().encode())
+    return h.hexdigest()
+
+
+def _raw_code() -> str:
+    """The source of the functions that turn encoder outputs into the raw tables: a change
+    there changes :func:`raw_part_source`, a change elsewhere in this module does not."""
+    import inspect
+
+    fns = (l2_normalize, _drop_flags, raw_text, raw_image, raw_vector, raw_part)
+    return "\n".join(inspect.getsource(f) for f in fns)
+
+
 def raw_concat(outputs: EncoderOutputs, drop: Drop | None = None) -> np.ndarray:
     """Every raw modality, each L2-normalised, concatenated (zeros for a missing part)."""
     parts = raw_parts(outputs)

@@ -68,18 +68,31 @@ def remove_checkpoints(folder: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def interactions_digest(dataset: Any) -> str:
+    """Digest of the interactions and their split (no split singled out, or read)."""
+    inter = dataset.interactions
+    h = hashlib.sha256(f"{dataset.n_users}x{dataset.n_items}".encode())
+    for column in ("user", "item"):
+        h.update(np.ascontiguousarray(inter[column].to_numpy(dtype=np.int64)).tobytes())
+    h.update("\n".join(inter["split"].astype(str)).encode())
+    return h.hexdigest()
+
+
+def table_digest(table: np.ndarray) -> str:
+    """Digest of a feature table's dtype, shape and bytes."""
+    arr = np.ascontiguousarray(table)
+    h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 def data_digest(dataset: Any, model_name: str, model_config: Any) -> dict[str, str]:
     """Digests of what ``model_name`` reads: the interactions with their split, and each
     feature table it reads (the ``mm:`` modalities, its ``features`` table)."""
     from alignrec.models import get_model_class
     from alignrec.models.base import MODALITY_PREFIX
 
-    inter = dataset.interactions
-    h = hashlib.sha256(f"{dataset.n_users}x{dataset.n_items}".encode())
-    for column in ("user", "item"):
-        h.update(np.ascontiguousarray(inter[column].to_numpy(dtype=np.int64)).tobytes())
-    h.update("\n".join(inter["split"].astype(str)).encode())
-    out = {"interactions": h.hexdigest()}
+    out = {"interactions": interactions_digest(dataset)}
     keys = (
         [k for k in dataset.features if k.startswith(MODALITY_PREFIX)]
         if get_model_class(model_name).uses_modalities
@@ -89,10 +102,7 @@ def data_digest(dataset: Any, model_name: str, model_config: Any) -> dict[str, s
     if isinstance(own, str) and own in dataset.features:
         keys.append(own)
     for key in sorted(set(keys)):
-        arr = np.ascontiguousarray(dataset.features[key])
-        hk = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
-        hk.update(arr.tobytes())
-        out[key] = hk.hexdigest()
+        out[key] = table_digest(dataset.features[key])
     fingerprint = getattr(dataset, "meta", {}).get("fingerprint")
     if fingerprint:
         out["fingerprint"] = str(fingerprint)

@@ -161,3 +161,36 @@ def test_image_patches_do_not_depend_on_the_process_thread_count(tmp_path):
         torch.set_num_threads(threads)
     assert seen == [encoders.ENCODER_THREADS] * 4
     assert np.array_equal(outs[0], outs[1])
+
+
+def test_run_keys_follow_the_encoder_inputs_not_the_last_bits_of_their_outputs(
+    tmp_path, fake_encoders
+):
+    """The benchmark keys a multimodal run by what decided its ``mm:`` tables (the encoder
+    cache key), so outputs that differ only in their last bits, as on another CPU, find the
+    same runs; a changed input does not."""
+    import dataclasses
+
+    from alignrec.benchmark.runner import _DataSignature
+    from alignrec.features.pipeline import with_modalities
+    from alignrec.features.sets import FEATURE_SOURCES
+
+    ds = tiny_dataset(tmp_path)
+    cache = tmp_path / "encoders"
+    first = with_modalities(ds, cache, progress=False)
+    assert set(first.meta[FEATURE_SOURCES]) == {"mm:text", "mm:image"}
+    states = cache / "text" / "states.npy"
+    bits = np.load(states)
+    bits[0, 0] *= np.float16(1.01)  # other last bits, the same cache key
+    np.save(states, bits)
+    other_cpu = with_modalities(ds, cache, progress=False)
+    assert not np.array_equal(other_cpu.features["mm:text"], first.features["mm:text"])
+    sig = _DataSignature(first).of("vbpr", None)
+    assert _DataSignature(other_cpu).of("vbpr", None) == sig
+    # without the recorded sources a table is keyed by its bytes, as before
+    bare = [dataclasses.replace(d, meta={}) for d in (first, other_cpu)]
+    assert _DataSignature(bare[0]).of("vbpr", None) != _DataSignature(bare[1]).of("vbpr", None)
+    items = ds.items.copy()
+    items.loc[0, "text"] = "A different plot entirely."
+    changed = with_modalities(dataclasses.replace(ds, items=items), cache, progress=False)
+    assert _DataSignature(changed).of("vbpr", None) != sig
