@@ -107,15 +107,15 @@ def knn_table(x: torch.Tensor, k: int) -> torch.Tensor:
     x = x.detach()
     n = x.shape[0]
     k = min(k, n)
-    norms = torch.linalg.vector_norm(x, dim=1)
+    # Rows normalised first, then their products, as MMRec's build_sim: one pass over the
+    # [I, d] rows instead of a division and a NaN check over every [rows x I] block.
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    x = torch.where(norms > 0, x / norms, torch.zeros_like(x))  # all-zero rows: no direction
     block = max(1, KNN_BLOCK_CELLS // max(n, 1))
     out = torch.empty(n, k, dtype=torch.int64, device=x.device)
     for a in range(0, n, block):
         b = min(n, a + block)
-        sim = x[a:b] @ x.T
-        sim /= norms[a:b, None] * norms[None, :]
-        sim.nan_to_num_(0.0)  # all-zero rows have no direction
-        out[a:b] = torch.topk(sim, k, dim=1).indices
+        out[a:b] = torch.topk(x[a:b] @ x.T, k, dim=1).indices
     return out
 
 
