@@ -536,7 +536,13 @@ def rebuild(out: str | Path) -> BenchmarkResult:
         )
     spec = json.loads((out / MANIFEST).read_text())
     models: dict[str, ModelRuns] = {}
-    skipped = {m: r for m, r in spec["skipped"].items() if m not in spec["grids"]}
+    # the manifest's keys are sorted: the report lists models in the order they were asked
+    order = {m: i for i, m in enumerate(spec["models"])}
+    skipped = {
+        m: spec["skipped"][m]
+        for m in sorted(spec["skipped"], key=lambda m: (order.get(m, len(order)), m))
+        if m not in spec["grids"]
+    }
     for m in spec["models"]:
         if m not in spec["grids"]:
             continue

@@ -660,3 +660,19 @@ def test_the_report_adds_the_seeds_every_model_has_finished(bench, monkeypatch, 
     partial = run_benchmark(clustered(0), ["bpr", "alignrec"], seeds=1, finished_seeds=True, **kw)
     assert partial.seeds == 1
     assert [len(partial.models[m].records) for m in ("bpr", "alignrec")] == [1, 1]
+
+
+def test_a_rebuild_writes_the_table_the_benchmark_wrote(tmp_path):
+    """Skipped models keep the order they were asked in (the manifest's keys are sorted)."""
+    from alignrec.benchmark.report import rebuild
+
+    out = tmp_path / "b"
+    run_benchmark(
+        clustered(0), ["vbpr", "lightgcn", "bpr"], seeds=1, out=out, grids=GRIDS,
+        progress=False, overrides=FAST, cached_only=True,
+    )
+    table = (out / "table.md").read_text()
+    line = next(x for x in table.splitlines() if x.startswith("Skipped:"))
+    assert line.index("vbpr (") < line.index("lightgcn (") < line.index(" bpr (")
+    rebuild(out)
+    assert (out / "table.md").read_text() == table
