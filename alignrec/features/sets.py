@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +118,14 @@ def raw_part_source(outputs: EncoderOutputs, part: str) -> str | None:
     built in memory)."""
     import hashlib
 
+    from alignrec.training.checkpoint import table_digest
+
     if part == "text":
         source = outputs.text.key if outputs.text is not None else ""
     elif part == "image":
         source = outputs.image.key if outputs.image is not None else ""
     else:
-        mat = np.ascontiguousarray(outputs.vectors[part.removeprefix("vec:")])
-        source = hashlib.sha256(f"{mat.dtype}{mat.shape}".encode() + mat.tobytes()).hexdigest()
+        source = table_digest(outputs.vectors[part.removeprefix("vec:")])
     if not source:
         return None
     h = hashlib.sha256(f"{part}|{source}|".encode())
@@ -131,6 +133,7 @@ def raw_part_source(outputs: EncoderOutputs, part: str) -> str | None:
     return h.hexdigest()
 
 
+@cache
 def _raw_code() -> str:
     """The source of the functions that turn encoder outputs into the raw tables: a change
     there changes :func:`raw_part_source`, a change elsewhere in this module does not."""
