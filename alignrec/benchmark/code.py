@@ -35,6 +35,7 @@ NEUTRAL = frozenset(
         "alignrec.training.logger",
         "alignrec.training.checkpoint",
         "alignrec.training.distributed",
+        "alignrec.features.provenance",
     }
 )
 # Hashed, but their imports not followed: the model registry imports every model, and a run
@@ -92,15 +93,20 @@ def closure(roots: tuple[str, ...] | list[str]) -> list[str]:
 
 
 @cache
-def code_digest(model_module: str) -> str:
-    """A digest of the source of every module that decides a run of the model defined in
-    ``model_module`` (e.g. ``alignrec.models.lightgcn``)."""
+def closure_digest(roots: tuple[str, ...]) -> str:
+    """A digest of the source of every module in :func:`closure` of ``roots``."""
     h = hashlib.sha256()
-    for name in closure([model_module, *TRAINING_ROOTS]):
+    for name in closure(roots):
         h.update(name.encode() + b"\0")
         h.update(module_file(name).read_bytes())  # type: ignore[union-attr]
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def code_digest(model_module: str) -> str:
+    """A digest of the source of every module that decides a run of the model defined in
+    ``model_module`` (e.g. ``alignrec.models.lightgcn``)."""
+    return closure_digest((model_module, *TRAINING_ROOTS))
 
 
 def model_code_digest(model: str) -> str:
@@ -127,4 +133,4 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-__all__ = ["closure", "code_digest", "git_commit", "imported_modules", "model_code_digest"]
+__all__ = ["closure", "closure_digest", "code_digest", "git_commit", "imported_modules", "model_code_digest"]

@@ -378,7 +378,7 @@ def _content(
 ) -> tuple[Dataset, str | None, str | None]:
     """(dataset with AlignRec's ``content`` table, its spec, or the reason AlignRec is skipped)."""
     if features is not None:
-        return with_content_features(data, features, cache_dir), features, None
+        return _with_content(data, features, cache_dir), features, None
     if CONTENT_KEY in data.features:
         return data, f"dataset features[{CONTENT_KEY!r}]", None
     if not has_content(data):
@@ -392,7 +392,7 @@ def _content(
         )
     path = stage1_path(data.name)
     if path.is_file():
-        return with_content_features(data, str(path)), str(path), None
+        return _with_content(data, str(path)), str(path), None
     return (
         data,
         None,
@@ -402,6 +402,23 @@ def _content(
             "pass --features (e.g. raw:concat)"
         ),
     )
+
+
+def _with_content(data: Dataset, spec: str, cache_dir: str | Path | None = None) -> Dataset:
+    """:func:`with_content_features`, and for a ``.npy`` stage 1 wrote, what decided it
+    (:func:`alignrec.features.provenance.content_source`) in the dataset's feature sources,
+    so that AlignRec's runs are keyed by that and not by the table's last bits."""
+    import dataclasses
+
+    from alignrec.features.provenance import content_source
+    from alignrec.features.sets import FEATURE_SOURCES
+
+    data = with_content_features(data, spec, cache_dir)
+    source = content_source(spec, data.features[CONTENT_KEY]) if spec.endswith(".npy") else None
+    if source is None:
+        return data
+    sources = {**data.meta.get(FEATURE_SOURCES, {}), CONTENT_KEY: f"stage1:{source}"}
+    return dataclasses.replace(data, meta={**data.meta, FEATURE_SOURCES: sources})
 
 
 class _DataSignature:

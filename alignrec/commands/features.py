@@ -143,6 +143,7 @@ def pretrain_features(
     from alignrec.features.fusion import save_fusion
     from alignrec.features.pipeline import pretrain_features as run
     from alignrec.features.pretext import format_pretext
+    from alignrec.features.provenance import stage1_fields, write_features
     from alignrec.io import write_json, write_npy
 
     cfg = fusion_config(config, set_)
@@ -152,9 +153,13 @@ def pretrain_features(
     t0 = time.perf_counter()
     ds = load_dataset(dataset)
     res = run(ds, cache_dir, cfg, progress=progress, device=device, choose=select)
-    write_npy(out, res.stage2_features if select else res.features)
+    # beside OUT, what decided it: the benchmark keys AlignRec's runs by it, not by its bytes
+    fields = stage1_fields(ds, res.outputs, cfg.to_dict())
     if select:
+        write_features(out, res.stage2_features, fields, res.choice.chosen)
         write_npy(stage1_out, res.features)
+    else:
+        write_features(out, res.features, fields, "stage1")
     summary = {
         "dataset": dataset,
         "features": str(out),

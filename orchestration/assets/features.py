@@ -94,6 +94,7 @@ def stage1_features(
     from alignrec.features.fusion import FusionConfig, save_fusion
     from alignrec.features.pipeline import pretrain_features
     from alignrec.features.pretext import flagged, format_pretext
+    from alignrec.features.provenance import stage1_fields, write_features
     from orchestration.paths import dataset_folder
 
     if encoder_outputs.get("skipped"):
@@ -121,7 +122,10 @@ def stage1_features(
         io.write_npy(folder / "stage1.npy", features)
         io.write_json(folder / "choice.json", {**choice.to_dict(),
                                                "pretext": [p.to_dict() for p in pretext]})
-        io.write_npy(folder / "features.npy", res.stage2_features)
+        # beside it, what decided it: the benchmark keys AlignRec's runs by that, so a run
+        # made on another CPU (other last bits) is still found
+        write_features(folder / "features.npy", res.stage2_features,
+                       stage1_fields(ds, res.outputs, fusion_cfg.to_dict()), choice.chosen)
         io.write_json(folder / "history.json", result.history)
         lg.log_metrics({"time/pretrain_seconds": result.seconds})
         lg.log_artifact(folder / "history.json")

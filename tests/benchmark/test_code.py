@@ -34,8 +34,8 @@ def test_the_digest_follows_the_source_of_every_module_in_the_closure(monkeypatc
     monkeypatch.setattr(
         code, "module_file", lambda n: copy if n == "alignrec.models.base" else original(n)
     )
-    code.code_digest.cache_clear()
+    code.closure_digest.cache_clear()
     try:
         assert code.code_digest("alignrec.models.bpr") != before
     finally:
-        code.code_digest.cache_clear()
+        code.closure_digest.cache_clear()

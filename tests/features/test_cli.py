@@ -189,6 +189,12 @@ def test_pretrain_features_end_to_end(synthetic_spec, tmp_path):
     assert feats.shape[0] == n and np.isfinite(feats).all()
     if choice["chosen"] == "stage1":
         assert np.array_equal(feats, stage1)
+    # beside it, what decided it (the benchmark keys AlignRec's runs by that, not its bytes)
+    from alignrec.features.provenance import content_source, sidecar
+
+    source = json.loads(sidecar(out).read_text())
+    assert source["chosen"] == choice["chosen"] and "num_threads" not in source["fields"]["config"]
+    assert content_source(out, feats) == source["source"]
     assert {"mim", "mlm"} <= {p["target"] for p in summary["pretext"]}
     assert "pretext check" in res.output and "interp." in res.output
     # the small record the README's tables are generated from

@@ -83,5 +83,12 @@ def test_whole_pipeline_on_synthetic(tmp_path, monkeypatch):
 
     choice = json.loads(Path(stage1["features"]).with_name("choice.json").read_text())
     assert choice["chosen"] == stage1["stage2_features"]
+    # and beside the features, what decided them, which the benchmark keys AlignRec's runs by
+    import numpy as np
+
+    from alignrec.features.provenance import content_source, sidecar
+
+    assert json.loads(sidecar(stage1["features"]).read_text())["chosen"] == choice["chosen"]
+    assert content_source(stage1["features"], np.load(stage1["features"]))
     versions = client.search_model_versions("name='alignrec-synthetic'")
     assert [v.run_id for v in versions] == [ar["mlflow_run_id"]]
