@@ -384,9 +384,14 @@ def render_markdown(result: BenchmarkResult, report: dict[str, Any]) -> str:
             *(f"![{m}](plots/{_plot_name(m)})" for m in METRICS),
             "![validation curves](plots/valid_curves.png)",
         ]
+    timing = (
+        "Rebuilt from the stored runs by `alignrec benchmark --cached-only` (nothing trained)"
+        if result.rebuilt
+        else f"Wall time {report['wall_seconds']:.1f}s"
+    )
     parts += [
         "",
-        f"Wall time {report['wall_seconds']:.1f}s; {report['runs_trained']} run(s) trained, "
+        f"{timing}; {report['runs_trained']} run(s) trained, "
         f"{report['runs_reused']} reused from an earlier benchmark. {_compute_line(report)}",
         "",
     ]
@@ -570,7 +575,7 @@ def rebuild(out: str | Path) -> BenchmarkResult:
     result = BenchmarkResult(
         spec["dataset"], out, spec["seeds"], models, skipped, spec.get("features"),
         settings=spec.get("settings", {}), profile=spec.get("profile"),
-        features_choice=spec.get("features_choice") or _earlier_choice(out),
+        features_choice=spec.get("features_choice") or _earlier_choice(out), rebuilt=True,
     )
     write_report(result)
     return result

@@ -53,6 +53,8 @@ class BenchmarkResult:
             record read beside them when the benchmark ran), None when there is none.
         report: the contents of ``report.json``.
         wall_seconds: wall time of this call.
+        rebuilt: rebuilt from the stored runs alone (:func:`alignrec.benchmark.report.rebuild`):
+            its wall time is not the benchmark's.
         settings: the config keys set for every run (the protocol and the overrides).
         profile: the benchmark profile whose grids the runs used (``quick``, ``full``; the
             seeds may differ from the profile's), None for custom grids.
@@ -69,6 +71,7 @@ class BenchmarkResult:
     wall_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     profile: str | None = None
+    rebuilt: bool = False
 
     @property
     def report_md(self) -> Path:

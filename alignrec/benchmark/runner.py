@@ -218,9 +218,14 @@ def run_benchmark(
                 continue
             ran[m] = runs
         if finished_seeds and ran:
+
+            def grow(runs: int) -> None:  # the bar counts the seeds the folder adds
+                bar.total += runs
+                bar.refresh()
+
             seeds = _add_finished_seeds(
                 ran, signature, int(seeds), base, out, on_run, cached_only,
-                Path(reuse_from) if reuse_from is not None else None,
+                Path(reuse_from) if reuse_from is not None else None, on_seed=grow,
             )
     finally:
         bar.close()
@@ -630,11 +635,12 @@ def _add_finished_seeds(
     on_run: Callable[[tuple[str, dict[str, Any], bool]], Any],
     cached_only: bool = False,
     reuse_from: Path | None = None,
+    on_seed: Callable[[int], Any] | None = None,
 ) -> int:
     """Append seed ``seeds``, ``seeds + 1``, ... to every model's runs while each model has
     that seed finished in ``out`` under its key (the config's alone with ``cached_only``, as
     :func:`_run_model` accepts), or in ``reuse_from``, copied; return the seed count reached.
-    Nothing is trained."""
+    Nothing is trained. ``on_seed(n)`` is called before the ``n`` runs of a seed are added."""
     while True:
         found = {}
         for model, runs in ran.items():
@@ -647,6 +653,8 @@ def _add_finished_seeds(
             if hit is None:
                 return seeds
             found[model] = (folder, *hit)
+        if on_seed is not None:
+            on_seed(len(found))
         for model, (folder, record, stale) in found.items():
             runs = ran[model]
             runs.records.append(record)

@@ -553,6 +553,10 @@ def test_cached_only_without_a_dataset_rebuilds_every_report_from_the_runs(
     assert report["stale_runs"] == []
     table = (out / "table.md").read_text()
     assert table.startswith("# Benchmark on") and "| alignrec" in table.replace("**", "")
+    # no wall time of its own: the report says it was rebuilt, not that it took 0 s
+    md = (out / "report.md").read_text()
+    assert "Rebuilt from the stored runs" in md and "Wall time" not in md
+    assert "Wall time" in (bench.out / "report.md").read_text()
 
     missing = CliRunner().invoke(cli.app, ["benchmark", "--cached-only", "--out", str(tmp_path / "x")])
     assert missing.exit_code != 0 and "no benchmark reports" in str(missing.exception or missing.output)
@@ -656,6 +660,19 @@ def test_the_report_adds_the_seeds_every_model_has_finished(bench, monkeypatch, 
     assert both.report["models"]["bpr"]["test_recall_at_20_per_seed"] == (
         bench.report["models"]["bpr"]["test_recall_at_20_per_seed"]
     )
+    import tqdm.auto
+
+    bars = []
+
+    class Bar(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    run_benchmark(clustered(0), ["bpr", "alignrec"], seeds=1, finished_seeds=True,
+                  **{**kw, "progress": True})
+    assert (bars[-1].n, bars[-1].total) == (4, 4)  # the bar counts the seeds the folder adds
     (out / "runs" / "alignrec" / "s1" / runner_mod.STAMP).unlink()
     partial = run_benchmark(clustered(0), ["bpr", "alignrec"], seeds=1, finished_seeds=True, **kw)
     assert partial.seeds == 1
