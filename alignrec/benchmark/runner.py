@@ -435,9 +435,10 @@ class _DataSignature:
         self._features: dict[str, str] = {}
 
     def feature(self, key: str) -> str:
-        """A table's digest: of what decided it when the data layer recorded that (a table
-        derived from the encoders: their cache key, so a run made on another CPU, whose
-        encoder outputs differ in the last bits, is still found), else of its bytes."""
+        """A table's digest: of what decided it when that is recorded (an ``mm:`` table: the
+        encoder cache key; stage-1 features: their ``features.source.json``, see
+        :func:`_with_content`), so a run made on another CPU, whose tables differ in the last
+        bits, is still found; else of its bytes."""
         from alignrec.features.sets import FEATURE_SOURCES
 
         if key not in self._features:
