@@ -52,9 +52,10 @@ class BenchmarkResult:
         features_choice: how those features were chosen on validation (the stage-1 choice
             record read beside them when the benchmark ran), None when there is none.
         report: the contents of ``report.json``.
-        wall_seconds: wall time of this call.
-        rebuilt: rebuilt from the stored runs alone (:func:`alignrec.benchmark.report.rebuild`):
-            its wall time is not the benchmark's.
+        wall_seconds: wall time of this call (0 when ``rebuilt``).
+        rebuilt: made from the stored runs alone, training nothing
+            (:func:`alignrec.benchmark.report.rebuild`, or ``run_benchmark(cached_only=True)``):
+            the report states that instead of a wall time.
         settings: the config keys set for every run (the protocol and the overrides).
         profile: the benchmark profile whose grids the runs used (``quick``, ``full``; the
             seeds may differ from the profile's), None for custom grids.

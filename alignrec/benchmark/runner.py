@@ -238,7 +238,7 @@ def run_benchmark(
         _shown(feature_spec) if OURS in ran else None,
         settings={k: v for k, v in base.items() if k not in _NOT_IN_KEY},
         profile=chosen.name if grids == chosen.grids else None,
-        rebuilt=bool(cached_only),  # trained nothing: no wall time of its own to report
+        rebuilt=bool(cached_only),
     )
     if OURS in ran:
         from alignrec.benchmark.report import read_choice
@@ -246,7 +246,7 @@ def run_benchmark(
         result.features_choice = read_choice(feature_spec)
     from alignrec.benchmark.report import write_report
 
-    if not cached_only:  # a rebuilt report has no wall time (a rebuild gives the same bytes)
+    if not cached_only:  # a rebuilt report keeps no wall time, so rebuilding gives the same bytes
         result.wall_seconds = time.perf_counter() - t_start
     if write:
         write_report(result)
