@@ -195,6 +195,7 @@ def build_report(result: BenchmarkResult) -> dict[str, Any]:
         "runs_trained": sum(len(r.reused) - sum(r.reused) for r in result.models.values()),
         "runs_reused": sum(sum(r.reused) for r in result.models.values()),
         "compute_seconds": _total([s["compute_seconds"] for s in models.values()]),
+        "threads": _threads(result),
         "commits": sorted(_stamped(result, "commit")),
         "devices": sorted(_stamped(result, "device")),
         "stale_runs": [
@@ -407,7 +408,7 @@ def _compute_line(report: dict[str, Any]) -> str:
     if report.get("compute_seconds") is not None:
         return (
             f"Training compute over every run, grid points included: "
-            f"{report['compute_seconds'] / 3600:.2f} h."
+            f"{report['compute_seconds'] / 3600:.2f} h{_threads_note(report.get('threads'))}."
         )
     unknown = [m for m, s in report["models"].items() if s.get("compute_seconds") is None]
     if not unknown:
@@ -498,6 +499,32 @@ def write_report(result: BenchmarkResult) -> dict[str, Any]:
     with io.atomic_path(result.report_md) as tmp:
         tmp.write_text(render_markdown(result, report))
     return report
+
+
+def _threads(result: BenchmarkResult) -> dict[str, Any]:
+    """The torch threads the runs trained with, as their stamps record them (CPU runs):
+    ``{"per_run": sorted distinct counts, "unrecorded": runs stamped before they were}``."""
+    counts, unrecorded = set(), 0
+    for runs in result.models.values():
+        for folder in runs.folders:
+            n = (read_stamp(folder) or {}).get("threads")
+            if n:
+                counts.add(int(n))
+            else:
+                unrecorded += 1
+    return {"per_run": sorted(counts), "unrecorded": unrecorded}
+
+
+def _threads_note(threads: dict[str, Any] | None) -> str:
+    """How many threads the compute ran on: its CPU-hours are the hours times that."""
+    if not threads or not threads["per_run"]:
+        return ""
+    counts = ", ".join(map(str, threads["per_run"]))
+    one = threads["per_run"] == [1]
+    note = " (one torch thread per run" if one else f" (torch threads per run: {counts}"
+    if threads["unrecorded"]:
+        note += f", where recorded: not for {threads['unrecorded']} run(s) stamped before it was"
+    return note + ")"
 
 
 def _stamped(result: BenchmarkResult, field: str) -> set[str]:

@@ -592,6 +592,8 @@ def _run_model(
                     "code": code,
                     "commit": git_commit(),
                     "device": device,
+                    # torch's intra-op threads: the run's CPU time is about its time x these
+                    "threads": _threads(device),
                     "seed": seed,
                     "configs": configs,
                     "point": candidates[0] if len(candidates) == 1 else None,
@@ -684,6 +686,13 @@ def _checkpointing(
         )
 
     return make
+
+
+def _threads(device: str) -> int | None:
+    """The intra-op threads a CPU run trains with (None on an accelerator)."""
+    import torch
+
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else None
 
 
 def _bind(factory: LoggerFactory | None, model: str, seed: int) -> Callable[[str | None], Any]:

@@ -94,7 +94,9 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
     total = sum(report["models"][m]["compute_seconds"] for m in ASKED)
     assert report["compute_seconds"] == pytest.approx(total)
     md = bench.report_md.read_text()
-    assert f"grid points included: {total / 3600:.2f} h." in md
+    # every run trained on the fixture's one thread, as its stamp records
+    assert report["threads"] == {"per_run": [1], "unrecorded": 0}
+    assert f"grid points included: {total / 3600:.2f} h (one torch thread per run)." in md
     assert "| **alignrec** |" in md and "gain over the best baseline" in md
     r10 = report["models"]["alignrec"]["test_recall_at_10_mean"]
     assert f"| **alignrec** | {r10:.4f} ± " in md  # two seeds: mean ± std
@@ -175,6 +177,17 @@ def test_a_rerun_reuses_finished_runs_and_reruns_what_changed(bench, monkeypatch
     # The compute of reused runs still counts; a grid run without its time on record does not.
     assert again.report["compute_seconds"] == pytest.approx(
         sum(m["compute_seconds"] for m in before.values())
+    )
+    # A run stamped before stamps held its threads is counted as such.
+    stamp = out / "runs" / "lightgcn" / "s0" / runner_mod.STAMP
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "threads": None}))
+    older = run_benchmark(
+        clustered(0), ASKED, seeds=2, out=out, grids=GRIDS, progress=False, overrides=FAST
+    )
+    assert older.report["threads"] == {"per_run": [1], "unrecorded": 1}
+    assert (
+        "h (one torch thread per run, where recorded: not for 1 run(s) stamped before it was)."
+        in older.report_md.read_text()
     )
     grid = out / "runs" / "bpr" / "s0" / "grid.json"
     grid.write_text(json.dumps([{**r, "train_seconds": None} for r in json.loads(grid.read_text())]))
