@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from alignrec import io
-from alignrec.benchmark.results import MANIFEST, OURS, BenchmarkResult, ModelRuns, read_stamp
+from alignrec.benchmark.results import (
+    MANIFEST,
+    NOT_TRAINED,
+    OURS,
+    BenchmarkResult,
+    ModelRuns,
+    read_stamp,
+)
 from alignrec.errors import ConfigError, DataError
 from alignrec.runs import PER_USER, per_user_test, read_history
 
@@ -556,7 +563,9 @@ def manifest(result: BenchmarkResult) -> dict[str, Any]:
 def rebuild(out: str | Path) -> BenchmarkResult:
     """The benchmark in ``out`` from its ``manifest.json`` and stamped run folders alone (no
     data, no training), its report rewritten. A run made by other code than this checkout's
-    is reported and named as such; a run not finished lists its model under skipped."""
+    is reported and named as such; a run not finished lists its model under skipped. A model
+    the manifest lists as not trained yet is reported once its runs are all finished, at its
+    profile's grid (only for a benchmark run at a profile's grids, since no other is kept)."""
     from alignrec.benchmark.code import model_code_digest
     from alignrec.runs import read_metrics
     from alignrec.training.grid import grid_points
@@ -570,27 +579,40 @@ def rebuild(out: str | Path) -> BenchmarkResult:
     models: dict[str, ModelRuns] = {}
     # the manifest's keys are sorted: the report lists models in the order they were asked
     order = {m: i for i, m in enumerate(spec["models"])}
+    grids = dict(spec["grids"])
+    if spec.get("profile"):
+        from alignrec.benchmark.grids import get_profile, model_grid
+
+        profile_grids = get_profile(spec["profile"]).grids
+        settings = spec.get("settings", {})
+        for m in spec["models"]:
+            if m not in grids and str(spec["skipped"].get(m, "")).startswith(NOT_TRAINED):
+                grid = model_grid(m, profile_grids)
+                grids[m] = {k: v for k, v in grid.items() if k not in settings}
     skipped = {
         m: spec["skipped"][m]
         for m in sorted(spec["skipped"], key=lambda m: (order.get(m, len(order)), m))
-        if m not in spec["grids"]
+        if m not in grids
     }
     for m in spec["models"]:
-        if m not in spec["grids"]:
+        if m not in grids:
             continue
-        runs = ModelRuns(m, grid=spec["grids"][m])
+        runs = ModelRuns(m, grid=grids[m])
+        points = grid_points(runs.grid) if runs.grid else [{}]
         for seed in range(spec["seeds"]):
             folder = out / "runs" / m / f"s{seed}"
             stamp = read_stamp(folder)
-            if stamp is None:
-                break
+            if stamp is None or (
+                m not in spec["grids"] and stamp.get("point") not in (None, *points)
+            ):
+                break  # (a run the manifest did not report is taken at its profile's grid only)
             runs.records.append(read_metrics(folder))
             runs.folders.append(folder)
             runs.reused.append(True)
             runs.stale.append(stamp.get("code") != model_code_digest(m))
         if len(runs.records) < spec["seeds"]:
             skipped[m] = (
-                f"not trained yet: {len(runs.records)} of {spec['seeds']} runs finished "
+                f"{NOT_TRAINED}: {len(runs.records)} of {spec['seeds']} runs finished "
                 f"(runs/{m}/s{len(runs.records)} is missing)"
             )
             continue

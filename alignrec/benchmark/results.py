@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 OURS = "alignrec"  # the model compared with every baseline
+NOT_TRAINED = "not trained yet"  # how a report's skipped list begins a model with runs to train
 
 
 @dataclass

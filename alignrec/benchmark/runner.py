@@ -29,7 +29,14 @@ from typing import Any
 
 from alignrec import io
 from alignrec.benchmark.code import git_commit, model_code_digest
-from alignrec.benchmark.results import OURS, STAMP, BenchmarkResult, ModelRuns, read_stamp
+from alignrec.benchmark.results import (
+    NOT_TRAINED,
+    OURS,
+    STAMP,
+    BenchmarkResult,
+    ModelRuns,
+    read_stamp,
+)
 from alignrec.data.dataset import Dataset
 from alignrec.env import torch_device
 from alignrec.errors import ConfigError
@@ -49,6 +56,7 @@ from alignrec.training import (
 from alignrec.training.checkpoint import (
     CHECKPOINT,
     Checkpointing,
+    RunBusy,
     RunStatus,
     checkpoint_files,
     interactions_digest,
@@ -537,9 +545,16 @@ def _run_model(
     cached_only: bool = False,
     reuse_from: Path | None = None,
 ) -> None:
-    """Seed 0 (the grid, if any), then the winner on seeds 1..n-1; each run cached."""
+    """Seed 0 (the grid, if any), then the winner on seeds 1..n-1; each run cached.
+
+    A run another process on this machine is training is left to it, and the next seed is
+    trained, so that several processes share a model's seeds; the model then raises
+    :class:`NotCached` naming those runs (a later ``--cached-only`` reports them). Only a
+    grid's seed 0 is waited for by nobody: the later seeds need its winner, so it raises.
+    """
     model = runs.model
     points = grid_points(runs.grid) if runs.grid else [{}]
+    elsewhere: list[str] = []
     for seed in range(seeds):
         candidates = points if seed == 0 else [runs.winner]
         configs, key, config_key, code = _keys(model, seed, candidates, base, signature)
@@ -552,14 +567,23 @@ def _run_model(
         reused = record is not None
         if record is None and cached_only:
             raise NotCached(
-                f"not trained yet: {seed} of {seeds} runs finished (runs/{model}/s{seed} is "
+                f"{NOT_TRAINED}: {seed} of {seeds} runs finished (runs/{model}/s{seed} is "
                 "missing; rerun without --cached-only to train it)"
             )
         if record is None:
             (folder / STAMP).unlink(missing_ok=True)
             make = _bind(logger_factory, model, seed)
             status = RunStatus(folder)
-            previous = status.check_previous()  # refuses while another process trains it
+            try:
+                previous = status.check_previous()
+            except RunBusy as exc:
+                if len(points) > 1 and seed == 0:
+                    raise
+                log.warning("%s s%d: %s; going on with the next seed", model, seed, exc)
+                elsewhere.append(f"runs/{model}/s{seed}")
+                if seed == 0:
+                    runs.winner = dict(points[0])
+                continue
             if previous:
                 resumable = "resuming" if checkpoint_files(folder) else "no checkpoint left"
                 log.warning("%s s%d: %s; %s", model, seed, previous, resumable)
@@ -613,6 +637,11 @@ def _run_model(
         runs.reused.append(reused)
         runs.stale.append(stale)
         on_run((model, record, reused))
+    if elsewhere:
+        raise NotCached(
+            f"{NOT_TRAINED}: {len(elsewhere)} of {seeds} runs are being trained by another process "
+            f"({', '.join(elsewhere)}); once it is done, --cached-only reports them"
+        )
 
 
 def _keys(

@@ -40,7 +40,11 @@ def benchmark_command(
     ] = None,
     models: Annotated[
         list[str] | None,
-        typer.Option("--models", help="models to run, comma-separated or repeated (default: all)"),
+        typer.Option(
+            "--models",
+            help="models to run, comma-separated or repeated (default: all); the report still "
+            "covers every model, the others as --out holds them (see --cached-only)",
+        ),
     ] = None,
     seeds: Annotated[
         int | None,
@@ -98,7 +102,9 @@ def benchmark_command(
     from alignrec.benchmark import run_benchmark
     from alignrec.benchmark.grids import get_profile, parse_grid_changes, with_grid_changes
     from alignrec.benchmark.report import results_table
+    from alignrec.benchmark.runner import model_names
     from alignrec.errors import ConfigError
+    from alignrec.models import MODELS
     from alignrec.training import parse_assignments
 
     if dataset is None:
@@ -113,11 +119,15 @@ def benchmark_command(
         from alignrec.benchmark.tracking import BenchmarkTracking
 
         tracking = BenchmarkTracking(dataset)
+    asked = split_models(models)
+    # Some models only, into a folder whose report holds others: the report is rebuilt over
+    # every model, so that it never shrinks to the last call's (the README's tables read it).
+    some = bool(asked) and set(model_names(asked)) != set(MODELS) and not cached_only
     try:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             result = run_benchmark(
                 dataset,
-                split_models(models),
+                asked,
                 seeds,
                 out,
                 features,
@@ -127,10 +137,13 @@ def benchmark_command(
                 grids=grids,
                 progress=progress,
                 overrides=parse_assignments(sets),
+                write=not some,
                 cached_only=cached_only,
                 profile=chosen.name,
                 finished_seeds=seeds is None,
             )
+        if some:
+            result = _report_with_the_folder(result)
     except BaseException:
         if tracking is not None:
             tracking.fail()
@@ -143,6 +156,40 @@ def benchmark_command(
     typer.echo(f"wrote {result.report_md} ({result.wall_seconds:.1f}s)")
     if tracking is not None:
         typer.echo(f"MLflow: experiment benchmark-{result.dataset}, summary run {tracking.run_id}")
+
+
+def _report_with_the_folder(result):
+    """Write the report of a benchmark of some models: the folder's report, rebuilt from its
+    stored runs with these added, when its manifest is of the same profile, seeds and
+    settings and lists these models at the same grids (or as not trained yet); else this
+    benchmark's alone. Returns the result the report was written from."""
+    import json
+
+    from alignrec.benchmark.report import rebuild, write_report
+    from alignrec.benchmark.results import MANIFEST, NOT_TRAINED
+
+    try:
+        spec = json.loads((result.out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        spec = None
+    same = (
+        spec is not None
+        and result.profile is not None
+        and (spec.get("profile"), spec.get("seeds"), spec.get("settings"))
+        == (result.profile, result.seeds, dict(result.settings))
+        and all(
+            spec["grids"].get(m) == runs.grid
+            if m in spec["grids"]
+            else str(spec["skipped"].get(m, "")).startswith(NOT_TRAINED)
+            for m, runs in result.models.items()
+        )
+    )
+    if not same:
+        write_report(result)
+        return result
+    rebuilt = rebuild(result.out)
+    rebuilt.wall_seconds = result.wall_seconds
+    return rebuilt
 
 
 def rebuild_all(root: Path | None = None) -> None:

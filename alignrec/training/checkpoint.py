@@ -324,6 +324,10 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+class RunBusy(ConfigError):
+    """Another live process on this machine is training into the run folder."""
+
+
 class RunStatus:
     """A run folder's ``status.json``: who trains into it and how far it got."""
 
@@ -343,9 +347,9 @@ class RunStatus:
     def check_previous(self) -> str | None:
         """What became of the run that last trained into the folder, when it did not finish.
 
-        Raises :class:`ConfigError` when that run is still alive on this machine; returns a
-        line such as ``the previous run (pid 123, started ...) died at epoch 7`` for a run
-        that died, was stopped by a signal or failed, None otherwise.
+        Raises :class:`RunBusy` (a :class:`ConfigError`) when that run is still alive on
+        this machine; returns a line such as ``the previous run (pid 123, started ...) died
+        at epoch 7`` for a run that died, was stopped by a signal or failed, None otherwise.
         """
         prev = self.read()
         if not prev or prev.get("state") in (None, "finished"):
@@ -358,7 +362,7 @@ class RunStatus:
             mine = pid == os.getpid() and host == socket.gethostname()
             if host == socket.gethostname() and isinstance(pid, int) and not mine:
                 if _alive(pid, prev.get("pid_start")):
-                    raise ConfigError(
+                    raise RunBusy(
                         f"{self.folder}: another run{where} is still training into this folder "
                         "(status.json); wait for it or stop it first"
                     )
@@ -420,6 +424,7 @@ __all__ = [
     "STATUS",
     "CheckpointMismatch",
     "Checkpointing",
+    "RunBusy",
     "RunStatus",
     "capture_rng",
     "checkpoint_files",

@@ -709,3 +709,33 @@ def test_a_rebuild_writes_the_table_the_benchmark_wrote(tmp_path):
     assert line.index("vbpr (") < line.index("lightgcn (") < line.index(" bpr (")
     rebuild(out)
     assert (out / "table.md").read_text() == table
+
+
+def test_a_benchmark_of_some_models_adds_them_to_the_folders_report(monkeypatch, tmp_path):
+    monkeypatch.setattr(alignrec.data, "load_dataset", lambda name: clustered(0))
+    pinned = {"bpr": {"reg_weight": [1e-3]}, "lightgcn": {"n_layers": [1]}}
+    monkeypatch.setitem(grids_mod.PROFILES, "quick", grids_mod.Profile("quick", 1, pinned, "test"))
+    args = ["benchmark", "--dataset", "tiny", "--profile", "quick", "--out", str(tmp_path)]
+    args += ["--set", "epochs=2", "--set", "batch_size=64", "--threads", "1", "--no-progress"]
+
+    def report():
+        return json.loads((tmp_path / "report.json").read_text())
+
+    res = CliRunner().invoke(cli.app, [*args, "--models", "bpr"])
+    assert res.exit_code == 0, res.output
+    assert set(report()["models"]) == {"bpr"}
+    res = CliRunner().invoke(cli.app, [*args, "--models", "bpr,lightgcn", "--cached-only"])
+    assert res.exit_code == 0, res.output
+    assert report()["skipped"]["lightgcn"].startswith("not trained yet: 0 of 1")
+    bpr = report()["models"]["bpr"]
+
+    # Training LightGCN alone adds it to the report, which keeps BPR.
+    res = CliRunner().invoke(cli.app, [*args, "--models", "lightgcn"])
+    assert res.exit_code == 0, res.output
+    assert set(report()["models"]) == {"bpr", "lightgcn"} and report()["skipped"] == {}
+    assert report()["models"]["bpr"] == bpr and "| lightgcn |" in res.output
+    assert report()["runs_trained"] == 0  # rebuilt from the stored runs
+    # A run at other settings is not mixed into that report: its own replaces it.
+    res = CliRunner().invoke(cli.app, [*args, "--models", "bpr", "--set", "patience=1"])
+    assert res.exit_code == 0, res.output
+    assert set(report()["models"]) == {"bpr"} and str(report()["settings"]["patience"]) == "1"

@@ -9,6 +9,7 @@ import pytest
 
 from alignrec.benchmark import run_benchmark
 from alignrec.benchmark import runner as runner_mod
+from alignrec.errors import ConfigError
 from alignrec.training import grid as grid_mod
 from tests.training.synth import clustered
 from tests.training.test_checkpoint import KillAt, Killed
@@ -120,3 +121,44 @@ def test_checkpoint_every_s_is_not_in_the_run_key():
     a = runner_mod._resolved("bpr", {"epochs": 5})[0]
     b = runner_mod._resolved("bpr", {"epochs": 5, "checkpoint_every_s": 1})[0]
     assert a == b and "checkpoint_every_s" not in a["train"]
+
+
+def _held_by_a_live_process(folder):
+    """``status.json`` of a run this test's parent process (alive, not this one) trains."""
+    import os
+    import socket
+
+    from alignrec.training.checkpoint import _process_start
+
+    folder.mkdir(parents=True)
+    parent = os.getppid()
+    (folder / "status.json").write_text(
+        json.dumps({"state": "running", "pid": parent, "pid_start": _process_start(parent),
+                    "host": socket.gethostname(), "epoch": 3})
+    )
+
+
+def test_a_run_another_process_trains_is_left_to_it_and_the_next_seed_trained(
+    tmp_path, caplog
+):
+    out = tmp_path / "bench"
+    s0 = out / "runs" / "bpr" / "s0"
+    _held_by_a_live_process(s0)
+    pinned = {"bpr": {"reg_weight": [1e-3]}}
+    with caplog.at_level("WARNING"):
+        result = _bench(out, grids=pinned)
+    assert "bpr s0: " in caplog.text and "going on with the next seed" in caplog.text
+    assert not (s0 / runner_mod.STAMP).exists()  # untouched: its owner still trains it
+    assert json.loads((s0 / "status.json").read_text())["state"] == "running"
+    s1 = json.loads((out / "runs" / "bpr" / "s1" / runner_mod.STAMP).read_text())
+    assert s1["configs"][0]["model"]["reg_weight"] == 1e-3  # the pinned point, without s0
+    reason = result.skipped["bpr"]
+    assert reason.startswith("not trained yet: 1 of 2 runs are being trained by another process")
+    assert "runs/bpr/s0" in reason
+
+    # A grid's seed 0 decides the later seeds' point: nothing goes on without it.
+    grid_out = tmp_path / "grid"
+    _held_by_a_live_process(grid_out / "runs" / "bpr" / "s0")
+    with pytest.raises(ConfigError, match="still training"):
+        _bench(grid_out)
+    assert not (grid_out / "runs" / "bpr" / "s1").exists()
