@@ -42,6 +42,7 @@ WEIGHTS = "model.pt"
 GRID = "grid.json"
 EXPORT = "recommender.npz"  # alignrec.serving.EXPORT_FILE
 STATUS = "status.json"  # alignrec.training.checkpoint.RunStatus
+LOCK = "status.lock"  # held by the process training into the folder (git-ignored)
 CHECKPOINT = "checkpoint.pt"  # checkpoint-g<i>.pt per grid point (alignrec.training.checkpoint)
 # The files every finished run has (the benchmark checks them before reusing a run).
 RUN_FILES = (METRICS, PER_USER, HISTORY)
@@ -142,6 +143,7 @@ def per_user_test(folder: Path, metric: str = "recall@20") -> tuple[np.ndarray, 
 
 __all__ = [
     "CHECKPOINT",
+    "LOCK",
     "CONFIG",
     "EXPORT",
     "GRID",

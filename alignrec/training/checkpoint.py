@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from alignrec import io
 from alignrec.errors import ConfigError
-from alignrec.runs import CHECKPOINT, STATUS
+from alignrec.runs import CHECKPOINT, LOCK, STATUS
 
 log = logging.getLogger(__name__)
 
@@ -329,12 +330,18 @@ class RunBusy(ConfigError):
 
 
 class RunStatus:
-    """A run folder's ``status.json``: who trains into it and how far it got."""
+    """A run folder's ``status.json``: who trains into it and how far it got.
+
+    :meth:`check_previous` also takes the folder's lock (``status.lock``, an OS file lock
+    the system drops when the process dies) until :meth:`finish`, so two processes started
+    at the same moment cannot both train into one folder.
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / STATUS
         self.record: dict[str, Any] = {}
+        self._lock: FileLock | None = None
 
     def read(self) -> dict[str, Any] | None:
         """The status on disk (a previous run's), None when absent or unreadable."""
@@ -351,6 +358,7 @@ class RunStatus:
         this machine; returns a line such as ``the previous run (pid 123, started ...) died
         at epoch 7`` for a run that died, was stopped by a signal or failed, None otherwise.
         """
+        self._take_lock()
         prev = self.read()
         if not prev or prev.get("state") in (None, "finished"):
             return None
@@ -361,7 +369,8 @@ class RunStatus:
         if state == "running":
             mine = pid == os.getpid() and host == socket.gethostname()
             if host == socket.gethostname() and isinstance(pid, int) and not mine:
-                if _alive(pid, prev.get("pid_start")):
+                if _alive(pid, prev.get("pid_start")):  # (one that holds no lock: older code)
+                    self.release()
                     raise RunBusy(
                         f"{self.folder}: another run{where} is still training into this folder "
                         "(status.json); wait for it or stop it first"
@@ -377,6 +386,28 @@ class RunStatus:
         if state == "failed":
             return f"the previous run{where} failed at epoch {at}: {prev.get('error', '?')}"
         return None
+
+    def _take_lock(self) -> None:
+        if self._lock is not None and self._lock.is_locked:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.folder / LOCK, blocking=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            prev = self.read() or {}
+            who = f"pid {prev['pid']} on {prev.get('host')}" if prev.get("pid") else "a process"
+            raise RunBusy(
+                f"{self.folder}: another run ({who}) holds {LOCK} and trains into this folder; "
+                "wait for it or stop it first"
+            ) from None
+        self._lock = lock
+
+    def release(self) -> None:
+        """Drop the folder's lock (:meth:`finish` does)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def start(self, **info: Any) -> None:
         """Say that this process trains into the folder now."""
@@ -400,10 +431,12 @@ class RunStatus:
     def finish(self, state: str, **fields: Any) -> None:
         """Replace the running status by the final record (``finished``, ``interrupted``, ``failed``)."""
         if not self.record:
+            self.release()
             return
         self.record.update(fields, state=state, finished=_now())
         self.record.pop("updated", None)
         self._write()
+        self.release()
 
     def _write(self) -> None:
         with contextlib.suppress(OSError):  # a status that cannot be written must not stop training

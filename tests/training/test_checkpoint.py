@@ -309,3 +309,35 @@ def test_sigterm_and_sigkill_leave_a_resumable_run_that_ends_as_an_uninterrupted
     assert not (out / "checkpoint.pt").exists()
     status = RunStatus(out).read()
     assert status["state"] == "finished" and status["resumed_from"] > metrics["epochs_run"]
+
+
+def test_a_run_folder_is_claimed_by_one_process_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    from alignrec.training.checkpoint import RunBusy, RunStatus
+
+    hold = (
+        "import sys, time\nfrom filelock import FileLock\n"
+        "lock = FileLock(sys.argv[1])\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(120)\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path / "status.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        # No status.json yet: the other process has claimed the folder but not written it.
+        with pytest.raises(RunBusy, match="status.lock"):
+            RunStatus(tmp_path).check_previous()
+    finally:
+        other.kill()
+        other.wait()
+    # The system drops a dead process's lock; a claim lasts until finish.
+    first = RunStatus(tmp_path)
+    assert first.check_previous() is None
+    first.start(model="bpr")
+    with pytest.raises(RunBusy, match=f"pid {os.getpid()}"):
+        RunStatus(tmp_path).check_previous()
+    first.finish("finished")
+    assert RunStatus(tmp_path).check_previous() is None
