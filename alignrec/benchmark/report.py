@@ -238,8 +238,16 @@ def _cell(summary: dict[str, Any], metric: str) -> str:
     return f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}"
 
 
+# Below this a p-value is shown as a bound: scipy returns 0.0 once it underflows a double.
+P_FLOOR = 1e-300
+
+
 def _p(value: float | None) -> str:
-    return "-" if value is None else (f"{value:.2e}" if value < 1e-3 else f"{value:.3f}")
+    if value is None:
+        return "-"
+    if value < P_FLOOR:
+        return f"< {P_FLOOR:.0e}"
+    return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
 
 
 def results_table(report: dict[str, Any]) -> str:
@@ -679,9 +687,11 @@ def render_table(result: BenchmarkResult, report: dict[str, Any]) -> str:
             + ".",
             "",
         ]
+    compute = _compute_line(report)
     lines += [
         f"Runs made at commit(s) {', '.join(report['commits']) or 'unknown'}, on "
-        f"{', '.join(report.get('devices') or []) or 'an unrecorded device'}.",
+        f"{', '.join(report.get('devices') or []) or 'an unrecorded device'}."
+        + (f" {compute}" if compute else ""),
         "",
     ]
     return "\n".join(lines)

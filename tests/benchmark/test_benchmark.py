@@ -96,7 +96,9 @@ def test_report_files_are_written_and_agree_with_the_runs(bench):
     md = bench.report_md.read_text()
     # every run trained on the fixture's one thread, as its stamp records
     assert report["threads"] == {"per_run": [1], "unrecorded": 0}
-    assert f"grid points included: {total / 3600:.2f} h (one torch thread per run)." in md
+    compute = f"grid points included: {total / 3600:.2f} h (one torch thread per run)."
+    assert compute in md
+    assert compute in (bench.out / "table.md").read_text()  # the README's block states it too
     assert "| **alignrec** |" in md and "gain over the best baseline" in md
     r10 = report["models"]["alignrec"]["test_recall_at_10_mean"]
     assert f"| **alignrec** | {r10:.4f} ± " in md  # two seeds: mean ± std
@@ -739,3 +741,12 @@ def test_a_benchmark_of_some_models_adds_them_to_the_folders_report(monkeypatch,
     res = CliRunner().invoke(cli.app, [*args, "--models", "bpr", "--set", "patience=1"])
     assert res.exit_code == 0, res.output
     assert set(report()["models"]) == {"bpr"} and str(report()["settings"]["patience"]) == "1"
+
+
+def test_p_values_below_a_double_are_shown_as_a_bound_not_as_zero():
+    from alignrec.benchmark.report import _p
+
+    assert _p(0.0) == "< 1e-300"  # scipy's value once the p-value underflows
+    assert _p(4.03e-248) == "4.03e-248"
+    assert _p(0.5) == "0.500"
+    assert _p(None) == "-"
