@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
 from alignrec.models.base import ModelConfig, bpr_loss, interaction_graph, part
+from alignrec.models.edge_values import normalize_rows, sddmm, weighted_matmul
 from alignrec.models.gnn_ops import gather_senders, rows_product
 from alignrec.models.multimodal import BranchModel, paired_square_mean
 from alignrec.models.sparse import EdgeGraph, layer_sum
@@ -80,19 +81,19 @@ class GRCNBranch(nn.Module):
         user-item pair (user rows come first in CSR order, then item rows in R's
         transposed order).
         """
-        content = F.normalize(F.leaky_relu(self.mlp(self.features)), dim=1)
-        prototype = F.normalize(self.preference, dim=1)
+        content = normalize_rows(F.leaky_relu(self.mlp(self.features)))
+        prototype = normalize_rows(self.preference)
         for _ in range(self.n_routing):
-            alpha = user_items.row_softmax(user_items.edge_dot(prototype, content))
-            prototype = F.normalize(prototype + user_items.matmul(content, alpha), dim=1)
-        affinity = user_items.edge_dot(prototype, content)
+            alpha = user_items.row_softmax(sddmm(user_items, prototype, content))
+            prototype = normalize_rows(prototype + weighted_matmul(user_items, alpha, content))
+        affinity = sddmm(user_items, prototype, content)
         affinity = torch.cat([affinity, affinity.index_select(0, user_items.t_perm)])
         return torch.cat([prototype, content], dim=0), graph.row_softmax(affinity)
 
     def forward(self, user_items: EdgeGraph, graph: EdgeGraph) -> tuple[torch.Tensor, torch.Tensor]:
         """Content representation [U + I, dim] and per-edge attention [E] of ``graph``."""
         x, alpha = self.refine(user_items, graph)
-        return x + graph.matmul(x, alpha), alpha
+        return x + weighted_matmul(graph, alpha, x), alpha
 
 
 class GRCN(BranchModel):
@@ -127,8 +128,8 @@ class GRCN(BranchModel):
         """Representations [U + I, d + M · dim_C]."""
         reps, alphas = zip(*(b(self.user_items, self.graph) for b in self.branches), strict=True)
         weights = self.edge_weights(list(alphas))
-        x = F.normalize(self.id_embedding, dim=1)
-        ids = layer_sum(partial(self.graph.matmul, values=weights), x, self.config.id_layers)
+        x = normalize_rows(self.id_embedding)
+        ids = layer_sum(partial(weighted_matmul, self.graph, weights), x, self.config.id_layers)
         return torch.cat([ids, *reps], dim=1)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -155,11 +156,11 @@ class GRCN(BranchModel):
 
     def _id_rows(self, nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The rows ``nodes`` of the ID part of :meth:`forward` (its layer sum)."""
-        x = F.normalize(self.id_embedding, dim=1)
+        x = normalize_rows(self.id_embedding)
         if self.config.id_layers == 0:
             return F.embedding(nodes, x)
         total = F.embedding(nodes, x)
         for _ in range(self.config.id_layers - 1):
-            x = self.graph.matmul(x, weights)
+            x = weighted_matmul(self.graph, weights, x)
             total = total + F.embedding(nodes, x)
         return total + rows_product(self.graph, nodes, x, weights)
