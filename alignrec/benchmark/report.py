@@ -568,9 +568,9 @@ def manifest(result: BenchmarkResult) -> dict[str, Any]:
     }
 
 
-def rebuild(out: str | Path) -> BenchmarkResult:
+def rebuild(out: str | Path, write: bool = True) -> BenchmarkResult:
     """The benchmark in ``out`` from its ``manifest.json`` and stamped run folders alone (no
-    data, no training), its report rewritten. A run made by other code than this checkout's
+    data, no training), its report rewritten (unless ``write`` is false). A run made by other code than this checkout's
     is reported and named as such; a run not finished lists its model under skipped. A model
     the manifest lists as not trained yet is reported once its runs are all finished, at its
     profile's grid (only for a benchmark run at a profile's grids, since no other is kept)."""
@@ -634,7 +634,8 @@ def rebuild(out: str | Path) -> BenchmarkResult:
         settings=spec.get("settings", {}), profile=spec.get("profile"),
         features_choice=spec.get("features_choice") or _earlier_choice(out), rebuilt=True,
     )
-    write_report(result)
+    if write:
+        write_report(result)
     return result
 
 

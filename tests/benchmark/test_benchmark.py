@@ -736,7 +736,9 @@ def test_a_benchmark_of_some_models_adds_them_to_the_folders_report(monkeypatch,
     assert res.exit_code == 0, res.output
     assert set(report()["models"]) == {"bpr", "lightgcn"} and report()["skipped"] == {}
     assert report()["models"]["bpr"] == bpr and "| lightgcn |" in res.output
-    assert report()["runs_trained"] == 0  # rebuilt from the stored runs
+    # LightGCN's run was trained by this call, BPR's reused, and the report says so
+    assert (report()["runs_trained"], report()["runs_reused"]) == (1, 1)
+    assert "Wall time " in (tmp_path / "report.md").read_text()
     # A run at other settings is not mixed into that report: its own replaces it.
     res = CliRunner().invoke(cli.app, [*args, "--models", "bpr", "--set", "patience=1"])
     assert res.exit_code == 0, res.output
