@@ -3,25 +3,14 @@ replace (EdgeGraph.edge_dot, EdgeGraph.matmul, F.normalize): values and gradient
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 from torch.nn import functional as F
 
 from alignrec.models.edge_values import normalize_rows, sddmm, weighted_matmul
-from alignrec.models.sparse import EdgeGraph
+from tests.models.test_gnn_ops import _graph  # 9 x 7, with empty rows and an empty column
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
-
-
-def _graph(seed: int = 0, shape=(9, 7)) -> EdgeGraph:
-    rng = np.random.default_rng(seed)
-    dense = (rng.random(shape) < 0.45) * rng.uniform(0.5, 2.0, shape)
-    dense[2] = 0  # a receiver without edges
-    dense[-1] = 0  # the last receiver without edges too
-    dense[:, 4] = 0  # a sender without edges
-    return EdgeGraph(sp.csr_matrix(dense.astype(np.float32)))
 
 
 def _leaves(*shapes: tuple[int, ...], seed: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
