@@ -302,9 +302,14 @@ def model_names(models: list[str] | None) -> list[str]:
 def run_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config keys every run starts from: the protocol, then ``overrides``."""
     from alignrec.benchmark.grids import PROTOCOL
+    from alignrec.training.config import TrainConfig, _field_types, coerce
 
+    # the trainer's keys take their declared types (``--set patience=20`` gives 20, not '20');
+    # a model's keys are converted per model when its config is resolved
+    train = _field_types(TrainConfig)
+    typed = {k: coerce(k, v, train[k]) if k in train else v for k, v in (overrides or {}).items()}
     # quiet: the benchmark's own progress replaces the epoch bars
-    return {"quiet": True, **PROTOCOL, **(overrides or {})}
+    return {"quiet": True, **PROTOCOL, **typed}
 
 
 def plan_models(
