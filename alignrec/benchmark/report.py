@@ -570,10 +570,11 @@ def manifest(result: BenchmarkResult) -> dict[str, Any]:
 
 def rebuild(out: str | Path, write: bool = True) -> BenchmarkResult:
     """The benchmark in ``out`` from its ``manifest.json`` and stamped run folders alone (no
-    data, no training), its report rewritten (unless ``write`` is false). A run made by other code than this checkout's
-    is reported and named as such; a run not finished lists its model under skipped. A model
-    the manifest lists as not trained yet is reported once its runs are all finished, at its
-    profile's grid (only for a benchmark run at a profile's grids, since no other is kept)."""
+    data, no training), its report rewritten (unless ``write`` is false). A run made by other
+    code than this checkout's is reported and named as such; a run not finished lists its
+    model under skipped. A model the manifest lists as not trained yet is reported once its
+    runs are all finished, at its profile's grid (only for a benchmark run at a profile's
+    grids, since no other is kept)."""
     from alignrec.benchmark.code import model_code_digest
     from alignrec.runs import read_metrics
     from alignrec.training.grid import grid_points
