@@ -31,6 +31,7 @@ from alignrec.data.dataset import Dataset
 from alignrec.errors import ConfigError
 from alignrec.models.base import ModelConfig, id_embeddings, normalized_adjacency, part
 from alignrec.models.batch_rows import mean_propagation_rows
+from alignrec.models.layer_rows import bipartite_layer_means, propagation_layer_rows
 from alignrec.models.multimodal import MultimodalModel
 from alignrec.models.sparse import EdgeGraph, mean_propagation
 
@@ -166,6 +167,16 @@ class SLMRec(MultimodalModel):
         x = self.pass_inputs()
         return self.split_nodes(mean_propagation(self.adj, x, self.config.n_layers))
 
+    def id_pass_rows(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ID pass ``P [U; I]`` and the user part ``P [U; 0]`` that every modality pass
+        shares, at the rows ``nodes`` ([len(nodes), d] each), from one propagation of
+        ``[U; I]``: the graph is bipartite, so the layers of ``[U; 0]`` are among those of
+        ``[U; I]`` (:func:`bipartite_layer_means`, the same values as propagating it).
+        """
+        x = torch.cat([self.user_emb, self.item_emb])
+        layers = propagation_layer_rows(self.adj, x, self.config.n_layers, nodes)
+        return bipartite_layer_means(layers, nodes < self.n_users)
+
     def fac_loss(
         self, item_passes: torch.Tensor, counts: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -195,7 +206,8 @@ class SLMRec(MultimodalModel):
 
         The passes are propagated for the batch's rows only (:func:`mean_propagation_rows`:
         the rows of :meth:`passes`, with the same gradients), the modality tables projected
-        after their (fixed) propagation (:meth:`feature_passes`), and the in-batch terms run
+        after their (fixed) propagation (:meth:`feature_passes`) beside the ID pass and the
+        user part they share (:meth:`id_pass_rows`), and the in-batch terms run
         over the batch's distinct items, each weighted by its count
         (:func:`in_batch_cross_entropy`): the same losses as over the full batch.
         """
@@ -209,16 +221,7 @@ class SLMRec(MultimodalModel):
                 rows = mean_propagation_rows(self.adj, x, self.config.n_layers, nodes)
         else:
             with part("graph"):
-                # the ID pass beside P [U; 0], the user part every modality pass shares
-                x = torch.cat(
-                    [
-                        self.user_emb.repeat(1, 2),
-                        torch.cat([self.item_emb, torch.zeros_like(self.item_emb)], dim=1),
-                    ]
-                )
-                id_pass, user_part = mean_propagation_rows(
-                    self.adj, x, self.config.n_layers, nodes
-                ).chunk(2, dim=1)
+                id_pass, user_part = self.id_pass_rows(nodes)
             with part("content"):
                 ones = F.embedding(nodes, fixed[-1])
                 modal = [
