@@ -12,40 +12,17 @@ Usage: ``.venv/bin/python benchmarks/slmrec_passes.py --dataset amazon-sports [-
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
-from alignrec.env import set_offline, tune_allocator
+from ab import alternate, parse_args, setup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="amazon-sports")
-    parser.add_argument("--steps", type=int, default=5, help="training steps per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    set_offline()
-    tune_allocator()
+    args = parse_args(__doc__)
+    bench = setup("slmrec", args)
 
     import torch
 
-    from alignrec.benchmark.runner import prepare_inputs
-    from alignrec.commands.bench import load_bench_dataset
     from alignrec.models import SLMRec
     from alignrec.models.batch_rows import mean_propagation_rows
-    from alignrec.training import NegativeSampler, resolve_configs, set_seed
-    from alignrec.training.trainer import make_optimizer
-
-    torch.set_num_threads(args.threads)
-    train_cfg, model_cfg = resolve_configs("slmrec", {})
-    data, _, _ = prepare_inputs(load_bench_dataset(args.dataset), ["slmrec"], None, progress=False)
-    set_seed(0)
-    net = SLMRec(data, model_cfg)
-    opt = make_optimizer(net, train_cfg)
-    sampler = NegativeSampler(data, seed=0)
-    one_propagation = SLMRec.id_pass_rows
 
     def side_by_side(self: SLMRec, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The replaced form: [U; I] and [U; 0] propagated as one 2d-wide table."""
@@ -57,17 +34,18 @@ def main() -> None:
         )
         return mean_propagation_rows(self.adj, x, self.config.n_layers, nodes).chunk(2, dim=1)
 
-    forms = {"side_by_side": side_by_side, "one_propagation": one_propagation}
+    forms = {"side_by_side": side_by_side, "one_propagation": SLMRec.id_pass_rows}
 
-    def batches():
-        while True:
-            yield from sampler.epoch(train_cfg.batch_size)
+    def put(form):
+        def apply() -> None:
+            SLMRec.id_pass_rows = form
 
-    it = batches()
-    first = next(it)
-    grads, losses = {}, {}
+        return apply
+
+    net, first = bench.net, next(bench.batches)
+    losses, grads = {}, {}
     for name, form in forms.items():
-        SLMRec.id_pass_rows = form
+        put(form)()
         net.zero_grad(set_to_none=True)
         loss = net.loss(*first)
         loss.backward()
@@ -82,31 +60,7 @@ def main() -> None:
         f"{losses['one_propagation']!r} (one propagation); "
         f"largest relative gradient difference {worst:.2e}"
     )
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        net.loss(*next(it)).backward()
-        opt.step()
-
-    net.train()
-    for _ in range(3):  # warm-up
-        step()
-    times: dict[str, list[float]] = {name: [] for name in forms}
-    for _ in range(args.rounds):
-        for name, form in forms.items():
-            SLMRec.id_pass_rows = form
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - start) / args.steps * 1000)
-    SLMRec.id_pass_rows = one_propagation
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(
-        f"{args.dataset}, {args.threads} thread(s), SLMRec training step, median of "
-        f"{args.rounds} rounds of {args.steps} steps: side by side "
-        f"{median['side_by_side']:.1f} ms, one propagation {median['one_propagation']:.1f} ms, "
-        f"speed-up {median['side_by_side'] / median['one_propagation']:.2f}x"
-    )
+    alternate(bench, {name: put(form) for name, form in forms.items()}, args, "SLMRec")
 
 
 if __name__ == "__main__":
