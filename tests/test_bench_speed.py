@@ -141,6 +141,14 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
     assert [r["model"] for r in report["models"]] == ["lightgcn", "bpr", "vbpr"]  # reference first
     assert "no item modalities" in rows["vbpr"]["skipped"]
     assert rows["lightgcn"]["epoch_ratio"] == pytest.approx(1.0)
+    # BPR's steps timed in turns with LightGCN's in BPR's own process (5 rounds by default)
+    same = rows["bpr"]["same_process"]
+    assert same["rounds"] == 5 and same["model_step_seconds"] > 0
+    assert same["reference_step_seconds"] > 0
+    assert rows["bpr"]["epoch_ratio_same_process"] == pytest.approx(same["epoch_ratio"])
+    assert same["epoch_ratio"] == pytest.approx(same["step_ratio"])  # the same batch size
+    assert rows["lightgcn"]["same_process"] is None
+    assert rows["lightgcn"]["epoch_ratio_same_process"] == 1.0
     assert set(rows["bpr"]["parts_seconds"]) == set(PART_COLUMNS)
     md = (out / "profile.md").read_text().splitlines()
     assert md[0].startswith("# ")
@@ -149,6 +157,7 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         "model",
         "epoch s",
         "x LightGCN",
+        "x LightGCN, same process",
         "graph",
         "content",
         "loss",
@@ -211,6 +220,24 @@ def test_ratios_to_lightgcn_and_the_targets_judge_only_what_was_measured():
         True,
     ]
     assert "epoch_ratio" not in by["vbpr"]
+
+
+def test_the_same_process_ratio_decides_the_epoch_target_where_there_is_one():
+    rows = [
+        {"model": "lightgcn", "epoch_seconds": 2.0, "eval_seconds": 4.0, "same_process": None},
+        # 3.5x against the reference's process, 2.8x in turns in its own: within 3x
+        {"model": "mgcn", "epoch_seconds": 7.0, "eval_seconds": 4.0,
+         "same_process": {"epoch_ratio": 2.8}},
+        # 2.5x against the reference's process, 3.2x in its own: over
+        {"model": "slmrec", "epoch_seconds": 5.0, "eval_seconds": 4.0,
+         "same_process": {"epoch_ratio": 3.2}},
+    ]
+    add_ratios(rows)
+    by = {r["model"]: r for r in rows}
+    assert by["mgcn"]["epoch_ratio"] == pytest.approx(3.5)
+    assert by["mgcn"]["epoch_ratio_same_process"] == 2.8
+    assert by["lightgcn"]["epoch_ratio_same_process"] == 1.0
+    assert [by[m]["within_targets"] for m in ("lightgcn", "mgcn", "slmrec")] == [True, True, False]
 
 
 def test_dense_arithmetic_is_counted_with_its_floor():

@@ -23,7 +23,12 @@ What is measured, per model:
   optimiser step, so there the model's own parts are launch time, not device time.
 - **validation**: wall time of a full validation pass (score, mask, rank every valid user).
 - **peak RSS**: the process's peak resident memory (each model runs in its own process in
-  the all-models mode).
+  the all-models mode), read before the reference below is built.
+- **same process** (``same_process_rounds``): after the rest, the reference (LightGCN) is
+  built in the model's own process and the two train in turns, ``SAME_PROCESS_STEPS`` steps
+  of each per round; the ratio of their median step times, scaled by their batches per epoch,
+  is the epoch ratio that machine drift between processes cannot move (the processes of one
+  sitting run minutes apart, and a shared machine's speed drifts in between).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ PART_COLUMNS = ("graph", "content", "loss", *STEP_PARTS, "other")
 STEP_RANGE = "bench:step"
 # Targets of the speed work, as ratios to the reference on the same dataset.
 TARGETS = {"epoch": 3.0, "epoch:alignrec": 2.0, "validation": 1.5}
+SAME_PROCESS_STEPS = 5  # steps of the model, then of the reference, per round
 
 
 def peak_rss_mib() -> float:
@@ -163,12 +169,14 @@ def bench_speed(
     batches: int | None = None,
     profile_batches: int = 10,
     warmup: bool = True,
+    same_process_rounds: int = 0,
 ) -> dict[str, Any]:
     """Time ``epochs`` training epochs (the first ``batches`` steps of each, scaled to the
     epoch, when given), profile ``profile_batches`` more steps, and time ``evals`` full
     validations. With ``warmup`` one more epoch and evaluation run first, excluded from the
     medians (without it, on a dataset where one epoch costs many minutes, every one is timed).
-    See the module docstring for what each figure means.
+    With ``same_process_rounds``, the model's steps and the reference's alternate in this
+    process (:func:`same_process_ratio`). See the module docstring for what each figure means.
     """
     import torch
 
@@ -275,6 +283,12 @@ def bench_speed(
         result = evaluate_model(net, evaluator)
         eval_s.append(time.perf_counter() - t)
         eval_cpu.append(time.process_time() - c)
+    rss = peak_rss_mib()  # the model's own, before a reference joins the process
+    same_process = None
+    if same_process_rounds > 0 and model.lower() != REFERENCE:
+        same_process = same_process_ratio(
+            (net, opt, sampler, train_cfg.batch_size), data, same_process_rounds, device, seed
+        )
     epoch = statistics.median(epoch_s[w:]) if epochs else float("nan")
     # an epoch's steps: the epoch less its sampling and on_epoch_start
     steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
@@ -312,11 +326,89 @@ def bench_speed(
         "dense_gflop_first_step": flops / 1e9,
         "gemm_gflops": gemm,
         "dense_floor_seconds": flops_epoch / 1e9 / gemm,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": rss,
+        "same_process": same_process,
         "peak_device_mib": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
         "valid_recall@20": result.metrics["recall@20"] if result else float("nan"),
+    }
+
+
+def _stepper(net: Any, opt: Any, sampler: Any, batch_size: int, device: Any):
+    """A function that runs the next training step of ``net`` (epochs follow each other)."""
+
+    def batches():
+        e = 0
+        while True:
+            net.train()
+            net.on_epoch_start(e)
+            yield from sampler.epoch(batch_size)
+            e += 1
+
+    it = batches()
+
+    def step() -> None:
+        users, pos, neg = next(it)
+        opt.zero_grad(set_to_none=True)
+        net.loss(users.to(device), pos.to(device), neg.to(device)).backward()
+        opt.step()
+
+    return step
+
+
+def same_process_ratio(
+    model: tuple, data: Any, rounds: int, device: Any, seed: int = 0
+) -> dict[str, Any]:
+    """The model's training step against the reference's, timed in turns in this process.
+
+    ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
+    its defaults and the model's batch size; after two untimed steps of each, every round times ``SAME_PROCESS_STEPS``
+    steps of the model, then as many of the reference. Returns both medians (seconds per
+    step), their ratio and the epoch ratio (the steps' ratio times the ratio of batches per
+    epoch).
+    """
+    import torch
+
+    from alignrec.models import get_model_class
+    from alignrec.training import NegativeSampler, resolve_configs, set_seed
+    from alignrec.training.trainer import make_optimizer
+
+    net, opt, sampler, batch_size = model
+    ref_train, ref_cfg = resolve_configs(REFERENCE, {"train.batch_size": batch_size})
+    set_seed(seed)
+    ref = get_model_class(REFERENCE)(data, ref_cfg).to(device)
+    ref_sampler = NegativeSampler(data, seed=seed)
+    steppers = {
+        "model": _stepper(net, opt, sampler, batch_size, device),
+        "reference": _stepper(
+            ref, make_optimizer(ref, ref_train), ref_sampler, ref_train.batch_size, device
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for step in steppers.values():
+        for _ in range(2):
+            step()
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(SAME_PROCESS_STEPS):
+                step()
+            _sync(device)
+            times[name].append((time.perf_counter() - t) / SAME_PROCESS_STEPS)
+    model_step, ref_step = (statistics.median(times[k]) for k in ("model", "reference"))
+    batches = math.ceil(len(sampler) / batch_size), math.ceil(len(ref_sampler) / ref_train.batch_size)
+    del ref
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "rounds": rounds,
+        "steps": SAME_PROCESS_STEPS,
+        "model_step_seconds": model_step,
+        "reference_step_seconds": ref_step,
+        "step_ratio": model_step / ref_step,
+        "epoch_ratio": model_step * batches[0] / (ref_step * batches[1]),
     }
 
 
@@ -455,15 +547,23 @@ def _brief(row: dict[str, Any]) -> str:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Each measured row's epoch and validation time as a ratio to the reference's."""
+    """Each measured row's epoch and validation time as a ratio to the reference's, and its
+    same-process epoch ratio; the targets judge the same-process ratio where there is one."""
     ref = next((r for r in rows if r["model"] == REFERENCE and "skipped" not in r), None)
     for r in rows:
         if "skipped" in r or ref is None:
             continue
         r["epoch_ratio"] = r["epoch_seconds"] / ref["epoch_seconds"]
         r["eval_ratio"] = r["eval_seconds"] / ref["eval_seconds"]
+        same = r.get("same_process")
+        if same:
+            r["epoch_ratio_same_process"] = same["epoch_ratio"]
+        elif r is ref and any(x.get("same_process") for x in rows):
+            r["epoch_ratio_same_process"] = 1.0
+        # the same-process ratio when there is one: drift between processes cannot move it
+        epoch_ratio = r.get("epoch_ratio_same_process", r["epoch_ratio"])
         epoch_target = TARGETS.get(f"epoch:{r['model']}", TARGETS["epoch"])
-        checks = [(r["epoch_ratio"], epoch_target), (r["eval_ratio"], TARGETS["validation"])]
+        checks = [(epoch_ratio, epoch_target), (r["eval_ratio"], TARGETS["validation"])]
         checks = [(x, t) for x, t in checks if math.isfinite(x)]  # only what was measured
         if checks:
             r["within_targets"] = all(x <= t for x, t in checks)
@@ -497,9 +597,10 @@ def profile_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Speed profile on {report['dataset']}",
         "",
-        "| model | epoch s | x LightGCN | graph | content | loss | backward | optimiser | other "
-        "| dense GFLOP/step | dense floor s | validation s | x LightGCN | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | epoch s | x LightGCN | x LightGCN, same process | graph | content | loss "
+        "| backward | optimiser | other | dense GFLOP/step | dense floor s | validation s "
+        "| x LightGCN | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -512,6 +613,7 @@ def profile_markdown(report: dict[str, Any]) -> str:
                     r["model"],
                     _s(r["epoch_seconds"]),
                     _ratio(r.get("epoch_ratio")),
+                    _ratio(r.get("epoch_ratio_same_process")),
                     *(_s(parts.get(p)) for p in PART_COLUMNS),
                     _s(r.get("dense_gflop_per_step")),
                     _s(r.get("dense_floor_seconds")),
@@ -549,6 +651,13 @@ def profile_markdown(report: dict[str, Any]) -> str:
         "counted apart) needs at this process's measured float32 GEMM rate"
         + (f" ({_gemm_range(rows)} GFLOP/s)" if _gemm_range(rows) else "")
         + ". Peak RSS: each model's own process."
+        + (
+            f" Same process: the model's training steps and LightGCN's, {s['same_process_rounds']} "
+            f"rounds of {SAME_PROCESS_STEPS} steps each in turns in the model's process, the ratio "
+            "of their median steps scaled by their batches per epoch; the targets are judged on it."
+            if s.get("same_process_rounds")
+            else ""
+        )
     )
     lines.append(how)
     return "\n".join(lines) + "\n"
@@ -600,6 +709,13 @@ def _print_single(r: dict[str, Any]) -> None:
             f"{r['dense_floor_seconds']:.3f} s per epoch at {r['gemm_gflops']:.0f} GFLOP/s "
             "(this process's float32 GEMM rate)"
         )
+    same = r.get("same_process")
+    if same:
+        typer.echo(
+            f"  same process    step {1000 * same['model_step_seconds']:.1f} ms against "
+            f"{REFERENCE}'s {1000 * same['reference_step_seconds']:.1f} ms, in turns "
+            f"({same['rounds']} rounds of {same['steps']} steps): epoch {same['epoch_ratio']:.2f}x"
+        )
     typer.echo(f"  peak RSS        {r['peak_rss_mib']:.0f} MiB")
     if r.get("peak_device_mib") is not None:
         typer.echo(f"  peak device     {r['peak_device_mib']:.0f} MiB allocated")
@@ -607,7 +723,7 @@ def _print_single(r: dict[str, Any]) -> None:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    head = ("model", "epoch s", "x ref", *PART_COLUMNS, "valid s", "x ref", "RSS MiB")
+    head = ("model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "valid s", "x ref", "RSS MiB")
     table = [head]
     for r in report["models"]:
         if "skipped" in r:
@@ -618,6 +734,7 @@ def _print_table(report: dict[str, Any]) -> None:
                 r["model"],
                 _s(r["epoch_seconds"]),
                 _ratio(r.get("epoch_ratio")),
+                _ratio(r.get("epoch_ratio_same_process")),
                 *(_s(p.get(k)) for k in PART_COLUMNS),
                 _s(r["eval_seconds"]),
                 _ratio(r.get("eval_ratio")),
@@ -635,6 +752,11 @@ def _print_table(report: dict[str, Any]) -> None:
     for r in report["models"]:
         if "skipped" in r:
             typer.echo(f"not run: {r['model']}: {r['skipped']}")
+    if any(r.get("epoch_ratio_same_process") for r in report["models"]):
+        typer.echo(
+            f"x ref 1p: epoch ratio from steps timed in turns with {REFERENCE} in the model's "
+            "own process (the targets judge it)"
+        )
     over = [r["model"] for r in report["models"] if r.get("within_targets") is False]
     if over:
         typer.echo(
@@ -698,6 +820,11 @@ def bench_speed_command(
         0,
         help="with --models: seconds a model may take before it is listed as not run (0: no limit)",
     ),
+    same_process_rounds: int = typer.Option(
+        5,
+        help="rounds of training steps of the model and of LightGCN in turns, in the model's "
+        "own process, for an epoch ratio free of drift between processes (0: none)",
+    ),
 ) -> None:
     """Print seconds per training epoch and its parts, seconds per full validation and peak memory."""
     settings = {
@@ -710,6 +837,7 @@ def bench_speed_command(
         "batches": batches or None,
         "profile_batches": profile_batches,
         "warmup": warmup,
+        "same_process_rounds": max(same_process_rounds, 0),
     }
     if models is None:
         _print_single(bench_speed(model, dataset, **settings))
@@ -729,6 +857,7 @@ def bench_speed_command(
         features=features,
         out=out,
         timeout=timeout or None,
+        same_process_rounds=None if same_process_rounds == 5 else same_process_rounds,
     )
     report = bench_all(names, dataset, out, command, timeout or None, echo=typer.echo, **settings)
     _print_table(report)
