@@ -70,13 +70,20 @@ def test_a_first_step_of_per_epoch_work_counts_once_not_scaled(monkeypatch):
     monkeypatch.setattr(BPR, "on_epoch_start", start)
     monkeypatch.setattr(BPR, "loss", slow_first)
     kw = dict(epochs=1, evals=0, threads=1, sets=["batch_size=100"], warmup=False)
-    r = bench_speed("bpr", TINY, batches=3, profile_batches=3, **kw)
+    r = bench_speed("bpr", TINY, batches=3, profile_batches=3, same_process_rounds=2, **kw)
     assert r["batches_per_epoch"] >= 8
     # the pause once, plus 8 or more fast steps; scaled with the other two timed steps it
     # would count 3 times or more
     assert pause <= r["epoch_seconds"] < 2 * pause, r["epoch_seconds_all"]
     # the profile weights the first step once as well: the unlabelled pause is "other"
     assert r["parts_seconds"]["other"] == pytest.approx(pause, rel=0.5)
+    # the same-process epoch keeps it too: the rounds time steps past an epoch's first, and
+    # what the epoch adds once comes from the timing above
+    same = r["same_process"]
+    assert pause <= same["epoch_once_seconds"] < 2 * pause
+    n = r["batches_per_epoch"]
+    ref_epoch = same["reference_step_seconds"] * n + same["epoch_once_seconds"]
+    assert same["epoch_ratio"] > (same["model_step_seconds"] * n + pause) / ref_epoch
 
 
 def test_without_warmup_every_epoch_and_validation_is_timed():
@@ -146,7 +153,14 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
     assert same["rounds"] == 5 and same["model_step_seconds"] > 0
     assert same["reference_step_seconds"] > 0
     assert rows["bpr"]["epoch_ratio_same_process"] == pytest.approx(same["epoch_ratio"])
-    assert same["epoch_ratio"] == pytest.approx(same["step_ratio"])  # the same batch size
+    # an epoch of each at the rounds' pace: BPR's steps plus what its epoch adds once (at least
+    # its sampling), against LightGCN's steps plus the same sampling
+    n = rows["bpr"]["batches_per_epoch"]
+    assert same["reference_batches"] == n  # the reference trains at the model's batch size
+    assert same["epoch_once_seconds"] > 0
+    assert same["epoch_ratio"] > same["model_step_seconds"] * n / (
+        same["reference_step_seconds"] * n + same["epoch_once_seconds"]
+    )
     assert rows["lightgcn"]["same_process"] is None
     assert rows["lightgcn"]["epoch_ratio_same_process"] == 1.0
     assert set(rows["bpr"]["parts_seconds"]) == set(PART_COLUMNS)

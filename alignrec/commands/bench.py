@@ -26,9 +26,11 @@ What is measured, per model:
   the all-models mode), read before the reference below is built.
 - **same process** (``same_process_rounds``): after the rest, the reference (LightGCN) is
   built in the model's own process and the two train in turns, ``SAME_PROCESS_STEPS`` steps
-  of each per round; the ratio of their median step times, scaled by their batches per epoch,
-  is the epoch ratio that machine drift between processes cannot move (the processes of one
-  sitting run minutes apart, and a shared machine's speed drifts in between).
+  of each per round. An epoch of each at those medians (the model's plus what its epoch adds
+  once, as measured above: sampling, ``on_epoch_start``, per-epoch work in the first step;
+  the reference's plus the same sampling) gives the epoch ratio that machine drift between
+  processes cannot move (the processes of one sitting run minutes apart, and a shared
+  machine's speed drifts in between).
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def bench_speed(
         first = next(it)  # the whole epoch's negatives are drawn here
         return chain([first], it)
 
-    epoch_s, eval_s, epoch_cpu, eval_cpu, setup_s = [], [], [], [], []
+    epoch_s, eval_s, epoch_cpu, eval_cpu, setup_s, regular_s = [], [], [], [], [], []
     w = int(bool(warmup))
     for epoch in range(epochs + w if epochs else 0):
         t, c = time.perf_counter(), time.process_time()
@@ -248,8 +250,11 @@ def bench_speed(
         scale = (n_batches - 1) / (run_batches - 1) if run_batches > 1 else 0.0
         if run_batches == 1:  # nothing but the first step to go by
             first, first_cpu = first * n_batches, first_cpu * n_batches
+        rest = time.perf_counter() - t
         setup_s.append(setup)
-        epoch_s.append(setup + first + scale * (time.perf_counter() - t))
+        # a step past the epoch's first: what the same-process rounds time
+        regular_s.append(rest / (run_batches - 1) if run_batches > 1 else first / n_batches)
+        epoch_s.append(setup + first + scale * rest)
         epoch_cpu.append(setup_cpu + first_cpu + scale * (time.process_time() - c))
 
     parts: dict[str, float] = {}
@@ -284,12 +289,21 @@ def bench_speed(
         eval_s.append(time.perf_counter() - t)
         eval_cpu.append(time.process_time() - c)
     rss = peak_rss_mib()  # the model's own, before a reference joins the process
+    epoch = statistics.median(epoch_s[w:]) if epochs else float("nan")
     same_process = None
-    if same_process_rounds > 0 and model.lower() != REFERENCE:
+    if same_process_rounds > 0 and model.lower() != REFERENCE and epochs:
         same_process = same_process_ratio(
             (net, opt, sampler, train_cfg.batch_size), data, same_process_rounds, device, seed
         )
-    epoch = statistics.median(epoch_s[w:]) if epochs else float("nan")
+        # An epoch in those conditions: the steps at the rounds' pace, plus what an epoch
+        # adds once (sampling, on_epoch_start, per-epoch work in its first step), measured
+        # above; the reference's epoch: its steps plus the same sampling.
+        sampling = statistics.median(setup_s[w:])
+        once = max(epoch - statistics.median(regular_s[w:]) * n_batches, sampling)
+        same_process["epoch_once_seconds"] = once
+        same_process["epoch_ratio"] = (same_process["model_step_seconds"] * n_batches + once) / (
+            same_process["reference_step_seconds"] * same_process["reference_batches"] + sampling
+        )
     # an epoch's steps: the epoch less its sampling and on_epoch_start
     steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
     seconds = {k: parts.get(k, 0.0) * steps for k in PART_COLUMNS[:-1]}
@@ -363,10 +377,10 @@ def same_process_ratio(
     """The model's training step against the reference's, timed in turns in this process.
 
     ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
-    its defaults and the model's batch size; after two untimed steps of each, every round times ``SAME_PROCESS_STEPS``
-    steps of the model, then as many of the reference. Returns both medians (seconds per
-    step), their ratio and the epoch ratio (the steps' ratio times the ratio of batches per
-    epoch).
+    its defaults and the model's batch size; after two untimed steps of each, every round times
+    ``SAME_PROCESS_STEPS`` steps of the model, then as many of the reference. Returns both
+    medians (seconds per step), their ratio and the reference's batches per epoch;
+    :func:`bench_speed` adds the epoch ratio.
     """
     import torch
 
@@ -398,7 +412,7 @@ def same_process_ratio(
             _sync(device)
             times[name].append((time.perf_counter() - t) / SAME_PROCESS_STEPS)
     model_step, ref_step = (statistics.median(times[k]) for k in ("model", "reference"))
-    batches = math.ceil(len(sampler) / batch_size), math.ceil(len(ref_sampler) / ref_train.batch_size)
+    ref_batches = math.ceil(len(ref_sampler) / batch_size)
     del ref
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -408,7 +422,7 @@ def same_process_ratio(
         "model_step_seconds": model_step,
         "reference_step_seconds": ref_step,
         "step_ratio": model_step / ref_step,
-        "epoch_ratio": model_step * batches[0] / (ref_step * batches[1]),
+        "reference_batches": ref_batches,
     }
 
 
