@@ -163,6 +163,12 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
     )
     assert rows["lightgcn"]["same_process"] is None
     assert rows["lightgcn"]["epoch_ratio_same_process"] == 1.0
+    # and 2 full validations of each in turns
+    assert same["model_eval_seconds"] > 0 and same["reference_eval_seconds"] > 0
+    assert rows["bpr"]["eval_ratio_same_process"] == pytest.approx(
+        same["model_eval_seconds"] / same["reference_eval_seconds"]
+    )
+    assert rows["lightgcn"]["eval_ratio_same_process"] == 1.0
     assert set(rows["bpr"]["parts_seconds"]) == set(PART_COLUMNS)
     md = (out / "profile.md").read_text().splitlines()
     assert md[0].startswith("# ")
@@ -182,6 +188,7 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         "dense floor s",
         "validation s",
         "x LightGCN",
+        "x LightGCN, same process",
         "peak RSS MiB",
     ]
     body = [line for line in md[4:] if line.startswith("| ")]
@@ -245,13 +252,23 @@ def test_the_same_process_ratio_decides_the_epoch_target_where_there_is_one():
         # 2.5x against the reference's process, 3.2x in its own: over
         {"model": "slmrec", "epoch_seconds": 5.0, "eval_seconds": 4.0,
          "same_process": {"epoch_ratio": 3.2}},
+        # validation 1.6x against the reference's process, 1.4x in its own: within 1.5x
+        {"model": "lattice", "epoch_seconds": 2.0, "eval_seconds": 6.4,
+         "same_process": {"epoch_ratio": 1.0, "eval_ratio": 1.4}},
+        # validation 1.25x against the reference's process, 1.6x in its own: over
+        {"model": "freedom", "epoch_seconds": 2.0, "eval_seconds": 5.0,
+         "same_process": {"epoch_ratio": 1.0, "eval_ratio": 1.6}},
     ]
     add_ratios(rows)
     by = {r["model"]: r for r in rows}
     assert by["mgcn"]["epoch_ratio"] == pytest.approx(3.5)
     assert by["mgcn"]["epoch_ratio_same_process"] == 2.8
+    assert "eval_ratio_same_process" not in by["mgcn"]  # no validation timed in its process
     assert by["lightgcn"]["epoch_ratio_same_process"] == 1.0
-    assert [by[m]["within_targets"] for m in ("lightgcn", "mgcn", "slmrec")] == [True, True, False]
+    assert by["lightgcn"]["eval_ratio_same_process"] == 1.0
+    assert [by[m]["within_targets"] for m in ("lightgcn", "mgcn", "slmrec", "lattice", "freedom")] == [
+        True, True, False, True, False
+    ]
 
 
 def test_dense_arithmetic_is_counted_with_its_floor():

@@ -60,6 +60,7 @@ STEP_RANGE = "bench:step"
 # Targets of the speed work, as ratios to the reference on the same dataset.
 TARGETS = {"epoch": 3.0, "epoch:alignrec": 2.0, "validation": 1.5}
 SAME_PROCESS_STEPS = 5  # steps of the model, then of the reference, per round
+SAME_PROCESS_EVALS = 2  # full validations of each, in turns, after the rounds
 
 
 def peak_rss_mib() -> float:
@@ -293,7 +294,12 @@ def bench_speed(
     same_process = None
     if same_process_rounds > 0 and model.lower() != REFERENCE and epochs:
         same_process = same_process_ratio(
-            (net, opt, sampler, train_cfg.batch_size), data, same_process_rounds, device, seed
+            (net, opt, sampler, train_cfg.batch_size),
+            data,
+            same_process_rounds,
+            device,
+            seed,
+            evaluator=evaluator if evals else None,
         )
         # An epoch in those conditions: the steps at the rounds' pace, plus what an epoch
         # adds once (sampling, on_epoch_start, per-epoch work in its first step), measured
@@ -372,7 +378,7 @@ def _stepper(net: Any, opt: Any, sampler: Any, batch_size: int, device: Any):
 
 
 def same_process_ratio(
-    model: tuple, data: Any, rounds: int, device: Any, seed: int = 0
+    model: tuple, data: Any, rounds: int, device: Any, seed: int = 0, evaluator: Any = None
 ) -> dict[str, Any]:
     """The model's training step against the reference's, timed in turns in this process.
 
@@ -380,7 +386,8 @@ def same_process_ratio(
     its defaults and the model's batch size; after two untimed steps of each, every round times
     ``SAME_PROCESS_STEPS`` steps of the model, then as many of the reference. Returns both
     medians (seconds per step), their ratio and the reference's batches per epoch;
-    :func:`bench_speed` adds the epoch ratio.
+    :func:`bench_speed` adds the epoch ratio. With an ``evaluator``, then
+    ``SAME_PROCESS_EVALS`` full validations of each in turns, and the ratio of their medians.
     """
     import torch
 
@@ -413,6 +420,23 @@ def same_process_ratio(
             times[name].append((time.perf_counter() - t) / SAME_PROCESS_STEPS)
     model_step, ref_step = (statistics.median(times[k]) for k in ("model", "reference"))
     ref_batches = math.ceil(len(ref_sampler) / batch_size)
+    evals: dict[str, float] = {}
+    if evaluator is not None:
+        from alignrec.training.trainer import evaluate_model
+
+        eval_times: dict[str, list[float]] = {"model": [], "reference": []}
+        for _ in range(SAME_PROCESS_EVALS):
+            for name, m in (("model", net), ("reference", ref)):
+                _sync(device)
+                t = time.perf_counter()
+                evaluate_model(m, evaluator)
+                _sync(device)
+                eval_times[name].append(time.perf_counter() - t)
+        evals = {
+            "model_eval_seconds": statistics.median(eval_times["model"]),
+            "reference_eval_seconds": statistics.median(eval_times["reference"]),
+        }
+        evals["eval_ratio"] = evals["model_eval_seconds"] / evals["reference_eval_seconds"]
     del ref
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -423,6 +447,7 @@ def same_process_ratio(
         "reference_step_seconds": ref_step,
         "step_ratio": model_step / ref_step,
         "reference_batches": ref_batches,
+        **evals,
     }
 
 
@@ -562,7 +587,7 @@ def _brief(row: dict[str, Any]) -> str:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Each measured row's epoch and validation time as a ratio to the reference's, and its
-    same-process epoch ratio; the targets judge the same-process ratio where there is one."""
+    same-process ratios; the targets judge the same-process ratios where there are."""
     ref = next((r for r in rows if r["model"] == REFERENCE and "skipped" not in r), None)
     for r in rows:
         if "skipped" in r or ref is None:
@@ -570,14 +595,16 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["epoch_ratio"] = r["epoch_seconds"] / ref["epoch_seconds"]
         r["eval_ratio"] = r["eval_seconds"] / ref["eval_seconds"]
         same = r.get("same_process")
-        if same:
-            r["epoch_ratio_same_process"] = same["epoch_ratio"]
-        elif r is ref and any(x.get("same_process") for x in rows):
-            r["epoch_ratio_same_process"] = 1.0
-        # the same-process ratio when there is one: drift between processes cannot move it
+        for key in ("epoch_ratio", "eval_ratio"):
+            if same and key in same:
+                r[f"{key}_same_process"] = same[key]
+            elif r is ref and any(key in (x.get("same_process") or {}) for x in rows):
+                r[f"{key}_same_process"] = 1.0
+        # the same-process ratios when there are: drift between processes cannot move them
         epoch_ratio = r.get("epoch_ratio_same_process", r["epoch_ratio"])
+        eval_ratio = r.get("eval_ratio_same_process", r["eval_ratio"])
         epoch_target = TARGETS.get(f"epoch:{r['model']}", TARGETS["epoch"])
-        checks = [(epoch_ratio, epoch_target), (r["eval_ratio"], TARGETS["validation"])]
+        checks = [(epoch_ratio, epoch_target), (eval_ratio, TARGETS["validation"])]
         checks = [(x, t) for x, t in checks if math.isfinite(x)]  # only what was measured
         if checks:
             r["within_targets"] = all(x <= t for x, t in checks)
@@ -613,8 +640,8 @@ def profile_markdown(report: dict[str, Any]) -> str:
         "",
         "| model | epoch s | x LightGCN | x LightGCN, same process | graph | content | loss "
         "| backward | optimiser | other | dense GFLOP/step | dense floor s | validation s "
-        "| x LightGCN | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| x LightGCN | x LightGCN, same process | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -633,6 +660,7 @@ def profile_markdown(report: dict[str, Any]) -> str:
                     _s(r.get("dense_floor_seconds")),
                     _s(r["eval_seconds"]),
                     _ratio(r.get("eval_ratio")),
+                    _ratio(r.get("eval_ratio_same_process")),
                     f"{r['peak_rss_mib']:.0f}",
                 ]
             )
@@ -666,9 +694,11 @@ def profile_markdown(report: dict[str, Any]) -> str:
         + (f" ({_gemm_range(rows)} GFLOP/s)" if _gemm_range(rows) else "")
         + ". Peak RSS: each model's own process."
         + (
-            f" Same process: the model's training steps and LightGCN's, {s['same_process_rounds']} "
-            f"rounds of {SAME_PROCESS_STEPS} steps each in turns in the model's process, the ratio "
-            "of their median steps scaled by their batches per epoch; the targets are judged on it."
+            f" Same process: in the model's process, its training steps and LightGCN's in turns, "
+            f"{s['same_process_rounds']} rounds of {SAME_PROCESS_STEPS} steps each, an epoch of "
+            "each at their median steps (plus what the model's epoch adds once, and the same "
+            f"sampling for LightGCN), then {SAME_PROCESS_EVALS} full validations of each in turns "
+            "(medians); the targets are judged on these ratios."
             if s.get("same_process_rounds")
             else ""
         )
@@ -729,6 +759,7 @@ def _print_single(r: dict[str, Any]) -> None:
             f"  same process    step {1000 * same['model_step_seconds']:.1f} ms against "
             f"{REFERENCE}'s {1000 * same['reference_step_seconds']:.1f} ms, in turns "
             f"({same['rounds']} rounds of {same['steps']} steps): epoch {same['epoch_ratio']:.2f}x"
+            + (f"; validation {same['eval_ratio']:.2f}x" if "eval_ratio" in same else "")
         )
     typer.echo(f"  peak RSS        {r['peak_rss_mib']:.0f} MiB")
     if r.get("peak_device_mib") is not None:
@@ -737,7 +768,10 @@ def _print_single(r: dict[str, Any]) -> None:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    head = ("model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "valid s", "x ref", "RSS MiB")
+    head = (
+        "model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "valid s", "x ref", "x ref 1p",
+        "RSS MiB",
+    )
     table = [head]
     for r in report["models"]:
         if "skipped" in r:
@@ -752,6 +786,7 @@ def _print_table(report: dict[str, Any]) -> None:
                 *(_s(p.get(k)) for k in PART_COLUMNS),
                 _s(r["eval_seconds"]),
                 _ratio(r.get("eval_ratio")),
+                _ratio(r.get("eval_ratio_same_process")),
                 f"{r['peak_rss_mib']:.0f}",
             )
         )
@@ -768,8 +803,8 @@ def _print_table(report: dict[str, Any]) -> None:
             typer.echo(f"not run: {r['model']}: {r['skipped']}")
     if any(r.get("epoch_ratio_same_process") for r in report["models"]):
         typer.echo(
-            f"x ref 1p: epoch ratio from steps timed in turns with {REFERENCE} in the model's "
-            "own process (the targets judge it)"
+            f"x ref 1p: ratios from steps and validations timed in turns with {REFERENCE} in "
+            "the model's own process (the targets judge them)"
         )
     over = [r["model"] for r in report["models"] if r.get("within_targets") is False]
     if over:
