@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,27 +29,24 @@ def parse_args(description: str) -> argparse.Namespace:
 
 @dataclass
 class Bench:
-    """A model with its optimiser and an endless stream of training batches."""
+    """A model in training mode, its data and batch size, and its next training step
+    (``alignrec.commands.bench.training_stepper``: the trainer's step, epoch after epoch)."""
 
     net: Any
-    opt: Any
-    batches: Iterator[tuple]
-
-    def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        self.net.loss(*next(self.batches)).backward()
-        self.opt.step()
+    data: Any
+    batch_size: int
+    step: Callable[[], None]
 
 
 def setup(model: str, args: argparse.Namespace) -> Bench:
-    """``model`` built on ``args.dataset`` with its default configs, seed 0, in training mode."""
+    """``model`` built on ``args.dataset`` with its default configs, seed 0."""
     set_offline()
     tune_allocator()
 
     import torch
 
     from alignrec.benchmark.runner import prepare_inputs
-    from alignrec.commands.bench import load_bench_dataset
+    from alignrec.commands.bench import load_bench_dataset, training_stepper
     from alignrec.models import get_model_class
     from alignrec.training import NegativeSampler, resolve_configs, set_seed
     from alignrec.training.trainer import make_optimizer
@@ -59,14 +56,9 @@ def setup(model: str, args: argparse.Namespace) -> Bench:
     data, _, _ = prepare_inputs(load_bench_dataset(args.dataset), [model], None, progress=False)
     set_seed(0)
     net = get_model_class(model)(data, model_cfg)
-    sampler = NegativeSampler(data, seed=0)
-
-    def batches():
-        while True:
-            yield from sampler.epoch(train_cfg.batch_size)
-
-    net.train()
-    return Bench(net=net, opt=make_optimizer(net, train_cfg), batches=batches())
+    opt, bs = make_optimizer(net, train_cfg), train_cfg.batch_size
+    step = training_stepper(net, opt, NegativeSampler(data, seed=0), bs)
+    return Bench(net=net, data=data, batch_size=bs, step=step)
 
 
 def alternate(

@@ -42,7 +42,10 @@ def main() -> None:
 
         return apply
 
-    net, first = bench.net, next(bench.batches)
+    from alignrec.training import NegativeSampler
+
+    # the first batch of the stream the timed steps draw from (the same seed)
+    net, first = bench.net, next(NegativeSampler(bench.data, seed=0).epoch(bench.batch_size))
     losses, grads = {}, {}
     for name, form in forms.items():
         put(form)()

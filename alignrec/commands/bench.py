@@ -59,6 +59,7 @@ PART_COLUMNS = ("graph", "content", "loss", *STEP_PARTS, "other")
 STEP_RANGE = "bench:step"
 # Targets of the speed work, as ratios to the reference on the same dataset.
 TARGETS = {"epoch": 3.0, "epoch:alignrec": 2.0, "validation": 1.5}
+SAME_PROCESS_ROUNDS = 5  # the CLI's default rounds of same-process steps
 SAME_PROCESS_STEPS = 5  # steps of the model, then of the reference, per round
 SAME_PROCESS_EVALS = 2  # full validations of each, in turns, after the rounds
 
@@ -301,14 +302,19 @@ def bench_speed(
             seed,
             evaluator=evaluator if evals else None,
         )
-        # An epoch in those conditions: the steps at the rounds' pace, plus what an epoch
+        # An epoch of each in those conditions (the reference trains at the model's batch
+        # size, so as many steps): the model's steps at the rounds' pace plus what its epoch
         # adds once (sampling, on_epoch_start, per-epoch work in its first step), measured
-        # above; the reference's epoch: its steps plus the same sampling.
+        # above; the reference's steps plus the same sampling.
         sampling = statistics.median(setup_s[w:])
         once = max(epoch - statistics.median(regular_s[w:]) * n_batches, sampling)
-        same_process["epoch_once_seconds"] = once
-        same_process["epoch_ratio"] = (same_process["model_step_seconds"] * n_batches + once) / (
-            same_process["reference_step_seconds"] * same_process["reference_batches"] + sampling
+        model_epoch = same_process["model_step_seconds"] * n_batches + once
+        ref_epoch = same_process["reference_step_seconds"] * n_batches + sampling
+        same_process.update(
+            epoch_once_seconds=once,
+            model_epoch_seconds=model_epoch,
+            reference_epoch_seconds=ref_epoch,
+            epoch_ratio=model_epoch / ref_epoch,
         )
     # an epoch's steps: the epoch less its sampling and on_epoch_start
     steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
@@ -355,8 +361,9 @@ def bench_speed(
     }
 
 
-def _stepper(net: Any, opt: Any, sampler: Any, batch_size: int, device: Any):
-    """A function that runs the next training step of ``net`` (epochs follow each other)."""
+def training_stepper(net: Any, opt: Any, sampler: Any, batch_size: int, device: Any = "cpu"):
+    """A function that runs the next training step of ``net`` (epochs follow each other, each
+    started with ``on_epoch_start``, as the trainer does)."""
 
     def batches():
         e = 0
@@ -385,8 +392,8 @@ def same_process_ratio(
     ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
     its defaults and the model's batch size; after two untimed steps of each, every round times
     ``SAME_PROCESS_STEPS`` steps of the model, then as many of the reference. Returns both
-    medians (seconds per step), their ratio and the reference's batches per epoch;
-    :func:`bench_speed` adds the epoch ratio. With an ``evaluator``, then
+    medians (seconds per step); :func:`bench_speed` adds the epoch ratio. With an
+    ``evaluator``, then
     ``SAME_PROCESS_EVALS`` full validations of each in turns, and the ratio of their medians.
     """
     import torch
@@ -399,11 +406,10 @@ def same_process_ratio(
     ref_train, ref_cfg = resolve_configs(REFERENCE, {"train.batch_size": batch_size})
     set_seed(seed)
     ref = get_model_class(REFERENCE)(data, ref_cfg).to(device)
-    ref_sampler = NegativeSampler(data, seed=seed)
     steppers = {
-        "model": _stepper(net, opt, sampler, batch_size, device),
-        "reference": _stepper(
-            ref, make_optimizer(ref, ref_train), ref_sampler, ref_train.batch_size, device
+        "model": training_stepper(net, opt, sampler, batch_size, device),
+        "reference": training_stepper(
+            ref, make_optimizer(ref, ref_train), NegativeSampler(data, seed=seed), batch_size, device
         ),
     }
     times: dict[str, list[float]] = {k: [] for k in steppers}
@@ -419,7 +425,6 @@ def same_process_ratio(
             _sync(device)
             times[name].append((time.perf_counter() - t) / SAME_PROCESS_STEPS)
     model_step, ref_step = (statistics.median(times[k]) for k in ("model", "reference"))
-    ref_batches = math.ceil(len(ref_sampler) / batch_size)
     evals: dict[str, float] = {}
     if evaluator is not None:
         from alignrec.training.trainer import evaluate_model
@@ -445,8 +450,6 @@ def same_process_ratio(
         "steps": SAME_PROCESS_STEPS,
         "model_step_seconds": model_step,
         "reference_step_seconds": ref_step,
-        "step_ratio": model_step / ref_step,
-        "reference_batches": ref_batches,
         **evals,
     }
 
@@ -870,7 +873,7 @@ def bench_speed_command(
         help="with --models: seconds a model may take before it is listed as not run (0: no limit)",
     ),
     same_process_rounds: int = typer.Option(
-        5,
+        SAME_PROCESS_ROUNDS,
         help="rounds of training steps of the model and of LightGCN in turns, in the model's "
         "own process, for an epoch ratio free of drift between processes (0: none)",
     ),
@@ -906,7 +909,9 @@ def bench_speed_command(
         features=features,
         out=out,
         timeout=timeout or None,
-        same_process_rounds=None if same_process_rounds == 5 else same_process_rounds,
+        same_process_rounds=None
+        if same_process_rounds == SAME_PROCESS_ROUNDS
+        else same_process_rounds,
     )
     report = bench_all(names, dataset, out, command, timeout or None, echo=typer.echo, **settings)
     _print_table(report)
