@@ -164,6 +164,12 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
     assert same["epoch_ratio"] == pytest.approx(
         same["model_epoch_seconds"] / same["reference_epoch_seconds"]
     )
+    # BPR's step has no matrix product: its floor turn runs nothing, and is far below its step
+    assert 0 <= same["floor_step_seconds"] < same["model_step_seconds"]
+    assert rows["bpr"]["floor_ratio_same_process"] == pytest.approx(
+        same["floor_step_seconds"] * n / same["reference_epoch_seconds"]
+    )
+    assert rows["bpr"]["epoch_target_below_floor"] is False
     assert rows["lightgcn"]["same_process"] is None
     assert rows["lightgcn"]["epoch_ratio_same_process"] == 1.0
     # and 2 full validations of each in turns
@@ -189,6 +195,7 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         "other",
         "dense GFLOP/step",
         "dense floor s",
+        "dense floor x LightGCN, same process",
         "validation s",
         "x LightGCN",
         "x LightGCN, same process",
@@ -295,3 +302,24 @@ def test_dense_arithmetic_is_counted_with_its_floor():
     # first step only: that step is counted once, not for every batch
     lattice = bench_speed("lattice", TINY, sets=["batch_size=100"], **kw)
     assert lattice["dense_gflop_first_step"] > lattice["dense_gflop_per_step"]
+
+
+def test_a_target_below_the_dense_floor_is_named():
+    rows = [
+        {"model": "lightgcn", "epoch_seconds": 2.0, "eval_seconds": 4.0, "same_process": None},
+        # its matrix products alone are 3.2x LightGCN's epoch: 3x is out of reach
+        {"model": "mgcn", "epoch_seconds": 9.0, "eval_seconds": 4.0,
+         "same_process": {"epoch_ratio": 4.5, "floor_ratio": 3.2}},
+        # AlignRec's target is 2x: a floor of 2.1x is over it, one of 1.9x is not
+        {"model": "alignrec", "epoch_seconds": 9.0, "eval_seconds": 4.0,
+         "same_process": {"epoch_ratio": 4.5, "floor_ratio": 2.1}},
+        {"model": "grcn", "epoch_seconds": 9.0, "eval_seconds": 4.0,
+         "same_process": {"epoch_ratio": 4.5, "floor_ratio": 1.9}},
+    ]
+    add_ratios(rows)
+    by = {r["model"]: r for r in rows}
+    assert by["mgcn"]["floor_ratio_same_process"] == 3.2
+    assert [by[m]["epoch_target_below_floor"] for m in ("mgcn", "alignrec", "grcn")] == [
+        True, True, False
+    ]
+    assert "epoch_target_below_floor" not in by["lightgcn"]  # no floor measured for it

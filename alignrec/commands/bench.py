@@ -30,7 +30,11 @@ What is measured, per model:
   once, as measured above: sampling, ``on_epoch_start``, per-epoch work in the first step;
   the reference's plus the same sampling) gives the epoch ratio that machine drift between
   processes cannot move (the processes of one sitting run minutes apart, and a shared
-  machine's speed drifts in between).
+  machine's speed drifts in between). A third turn of each round runs the model's matrix
+  products alone (:class:`alignrec.profiling.DenseReplay`: the shapes and layouts its step
+  used, on stand-in operands): an epoch of them against the reference's epoch is the
+  model's dense floor in the same units, the least its epoch can take on this machine
+  without computing something else. A target below it cannot be met by speed work alone.
 """
 
 from __future__ import annotations
@@ -315,6 +319,8 @@ def bench_speed(
             model_epoch_seconds=model_epoch,
             reference_epoch_seconds=ref_epoch,
             epoch_ratio=model_epoch / ref_epoch,
+            # the model's matrix products alone, an epoch of them: the least its epoch can take
+            floor_ratio=same_process["floor_step_seconds"] * n_batches / ref_epoch,
         )
     # an epoch's steps: the epoch less its sampling and on_epoch_start
     steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
@@ -390,15 +396,18 @@ def same_process_ratio(
     """The model's training step against the reference's, timed in turns in this process.
 
     ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
-    its defaults and the model's batch size; after two untimed steps of each, every round times
-    ``SAME_PROCESS_STEPS`` steps of the model, then as many of the reference. Returns both
-    medians (seconds per step); :func:`bench_speed` adds the epoch ratio. With an
-    ``evaluator``, then
-    ``SAME_PROCESS_EVALS`` full validations of each in turns, and the ratio of their medians.
+    its defaults and the model's batch size; after two untimed steps of each, the model's matrix
+    products are captured on one more of its steps (:class:`~alignrec.profiling.DenseReplay`),
+    and every round times ``SAME_PROCESS_STEPS`` steps of the model, as many of the reference,
+    and as many replays of those products alone (the model's dense floor per step). Returns
+    the three medians (seconds per step); :func:`bench_speed` adds the epoch ratios. With an
+    ``evaluator``, then ``SAME_PROCESS_EVALS`` full validations of each in turns, and the
+    ratio of their medians.
     """
     import torch
 
     from alignrec.models import get_model_class
+    from alignrec.profiling import DenseReplay
     from alignrec.training import NegativeSampler, resolve_configs, set_seed
     from alignrec.training.trainer import make_optimizer
 
@@ -412,10 +421,12 @@ def same_process_ratio(
             ref, make_optimizer(ref, ref_train), NegativeSampler(data, seed=seed), batch_size, device
         ),
     }
-    times: dict[str, list[float]] = {k: [] for k in steppers}
     for step in steppers.values():
         for _ in range(2):
             step()
+    # the model's matrix products, captured on one more step, are timed as a third turn
+    steppers["floor"] = DenseReplay.capture(steppers["model"]).run
+    times: dict[str, list[float]] = {k: [] for k in steppers}
     for _ in range(rounds):
         for name, step in steppers.items():
             _sync(device)
@@ -424,7 +435,9 @@ def same_process_ratio(
                 step()
             _sync(device)
             times[name].append((time.perf_counter() - t) / SAME_PROCESS_STEPS)
-    model_step, ref_step = (statistics.median(times[k]) for k in ("model", "reference"))
+    model_step, ref_step, floor_step = (
+        statistics.median(times[k]) for k in ("model", "reference", "floor")
+    )
     evals: dict[str, float] = {}
     if evaluator is not None:
         from alignrec.training.trainer import evaluate_model
@@ -450,6 +463,7 @@ def same_process_ratio(
         "steps": SAME_PROCESS_STEPS,
         "model_step_seconds": model_step,
         "reference_step_seconds": ref_step,
+        "floor_step_seconds": floor_step,
         **evals,
     }
 
@@ -603,6 +617,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 r[f"{key}_same_process"] = same[key]
             elif r is ref and any(key in (x.get("same_process") or {}) for x in rows):
                 r[f"{key}_same_process"] = 1.0
+        if same and "floor_ratio" in same:
+            r["floor_ratio_same_process"] = same["floor_ratio"]
         # the same-process ratios when there are: drift between processes cannot move them
         epoch_ratio = r.get("epoch_ratio_same_process", r["epoch_ratio"])
         eval_ratio = r.get("eval_ratio_same_process", r["eval_ratio"])
@@ -611,6 +627,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         checks = [(x, t) for x, t in checks if math.isfinite(x)]  # only what was measured
         if checks:
             r["within_targets"] = all(x <= t for x, t in checks)
+        if "floor_ratio_same_process" in r:
+            # the model's matrix products alone take longer than its epoch target allows
+            r["epoch_target_below_floor"] = r["floor_ratio_same_process"] > epoch_target
 
 
 def _s(x: float | None) -> str:
@@ -642,9 +661,10 @@ def profile_markdown(report: dict[str, Any]) -> str:
         f"# Speed profile on {report['dataset']}",
         "",
         "| model | epoch s | x LightGCN | x LightGCN, same process | graph | content | loss "
-        "| backward | optimiser | other | dense GFLOP/step | dense floor s | validation s "
+        "| backward | optimiser | other | dense GFLOP/step | dense floor s "
+        "| dense floor x LightGCN, same process | validation s "
         "| x LightGCN | x LightGCN, same process | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -661,6 +681,7 @@ def profile_markdown(report: dict[str, Any]) -> str:
                     *(_s(parts.get(p)) for p in PART_COLUMNS),
                     _s(r.get("dense_gflop_per_step")),
                     _s(r.get("dense_floor_seconds")),
+                    _ratio(r.get("floor_ratio_same_process")),
                     _s(r["eval_seconds"]),
                     _ratio(r.get("eval_ratio")),
                     _ratio(r.get("eval_ratio_same_process")),
@@ -701,7 +722,10 @@ def profile_markdown(report: dict[str, Any]) -> str:
             f"{s['same_process_rounds']} rounds of {SAME_PROCESS_STEPS} steps each, an epoch of "
             "each at their median steps (plus what the model's epoch adds once, and the same "
             f"sampling for LightGCN), then {SAME_PROCESS_EVALS} full validations of each in turns "
-            "(medians); the targets are judged on these ratios."
+            "(medians); the targets are judged on these ratios. Dense floor x LightGCN, same "
+            "process: the model's matrix products of one step, captured and replayed alone on "
+            "stand-in operands as a third turn of those rounds, an epoch of them against "
+            "LightGCN's epoch."
             if s.get("same_process_rounds")
             else ""
         )
@@ -764,6 +788,10 @@ def _print_single(r: dict[str, Any]) -> None:
             f"({same['rounds']} rounds of {same['steps']} steps): epoch {same['epoch_ratio']:.2f}x"
             + (f"; validation {same['eval_ratio']:.2f}x" if "eval_ratio" in same else "")
         )
+        typer.echo(
+            f"  dense floor     {1000 * same['floor_step_seconds']:.1f} ms per step (its matrix "
+            f"products replayed alone, same rounds): {same['floor_ratio']:.2f}x {REFERENCE}'s epoch"
+        )
     typer.echo(f"  peak RSS        {r['peak_rss_mib']:.0f} MiB")
     if r.get("peak_device_mib") is not None:
         typer.echo(f"  peak device     {r['peak_device_mib']:.0f} MiB allocated")
@@ -772,8 +800,8 @@ def _print_single(r: dict[str, Any]) -> None:
 
 def _print_table(report: dict[str, Any]) -> None:
     head = (
-        "model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "valid s", "x ref", "x ref 1p",
-        "RSS MiB",
+        "model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "floor 1p", "valid s", "x ref",
+        "x ref 1p", "RSS MiB",
     )
     table = [head]
     for r in report["models"]:
@@ -787,6 +815,7 @@ def _print_table(report: dict[str, Any]) -> None:
                 _ratio(r.get("epoch_ratio")),
                 _ratio(r.get("epoch_ratio_same_process")),
                 *(_s(p.get(k)) for k in PART_COLUMNS),
+                _ratio(r.get("floor_ratio_same_process")),
                 _s(r["eval_seconds"]),
                 _ratio(r.get("eval_ratio")),
                 _ratio(r.get("eval_ratio_same_process")),
@@ -807,7 +836,8 @@ def _print_table(report: dict[str, Any]) -> None:
     if any(r.get("epoch_ratio_same_process") for r in report["models"]):
         typer.echo(
             f"x ref 1p: ratios from steps and validations timed in turns with {REFERENCE} in "
-            "the model's own process (the targets judge them)"
+            "the model's own process (the targets judge them); floor 1p: an epoch of the "
+            f"model's matrix products alone, timed in the same turns, x {REFERENCE}'s epoch"
         )
     over = [r["model"] for r in report["models"] if r.get("within_targets") is False]
     if over:
@@ -815,6 +845,12 @@ def _print_table(report: dict[str, Any]) -> None:
             f"over target (epoch <= {TARGETS['epoch']:g}x {REFERENCE}, alignrec "
             f"<= {TARGETS['epoch:alignrec']:g}x; validation <= {TARGETS['validation']:g}x): "
             + ", ".join(over)
+        )
+    below = [r["model"] for r in report["models"] if r.get("epoch_target_below_floor")]
+    if below:
+        typer.echo(
+            "epoch target below the model's own dense floor (not reachable without computing "
+            "something else): " + ", ".join(below)
         )
 
 
