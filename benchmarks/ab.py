@@ -18,8 +18,12 @@ from typing import Any
 from alignrec.env import set_offline, tune_allocator
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(
+    description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--dataset", default="amazon-sports")
     parser.add_argument("--steps", type=int, default=5, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=5)
@@ -59,6 +63,35 @@ def setup(model: str, args: argparse.Namespace) -> Bench:
     opt, bs = make_optimizer(net, train_cfg), train_cfg.batch_size
     step = training_stepper(net, opt, NegativeSampler(data, seed=0), bs)
     return Bench(net=net, data=data, batch_size=bs, step=step)
+
+
+def first_batch_agreement(bench: Bench, forms: dict[str, Callable[[], None]]) -> None:
+    """Print the loss of the first batch (of the stream the timed steps draw from: the same
+    seed) with each form in place, and the largest relative difference of each form's
+    gradients from the first form's, over the parameters."""
+    from alignrec.training import NegativeSampler
+
+    net = bench.net
+    first = next(NegativeSampler(bench.data, seed=0).epoch(bench.batch_size))
+    losses, grads = {}, {}
+    for name, put in forms.items():
+        put()
+        net.zero_grad(set_to_none=True)
+        loss = net.loss(*first)
+        loss.backward()
+        losses[name] = loss.item()
+        grads[name] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    (base, base_grads), *others = grads.items()
+    for name, other in others:
+        worst = max(
+            float((base_grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-30))
+            for n, g in other.items()
+        )
+        print(
+            f"first batch: loss {losses[base]!r} ({base}) vs {losses[name]!r} ({name}); "
+            f"largest relative gradient difference {worst:.2e}"
+        )
 
 
 def alternate(

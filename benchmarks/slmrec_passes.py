@@ -12,7 +12,7 @@ Usage: ``.venv/bin/python benchmarks/slmrec_passes.py --dataset amazon-sports [-
 
 from __future__ import annotations
 
-from ab import alternate, parse_args, setup
+from ab import alternate, first_batch_agreement, parse_args, setup
 
 
 def main() -> None:
@@ -42,28 +42,9 @@ def main() -> None:
 
         return apply
 
-    from alignrec.training import NegativeSampler
-
-    # the first batch of the stream the timed steps draw from (the same seed)
-    net, first = bench.net, next(NegativeSampler(bench.data, seed=0).epoch(bench.batch_size))
-    losses, grads = {}, {}
-    for name, form in forms.items():
-        put(form)()
-        net.zero_grad(set_to_none=True)
-        loss = net.loss(*first)
-        loss.backward()
-        losses[name] = loss.item()
-        grads[name] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    worst = max(
-        float((grads["side_by_side"][n] - g).abs().max() / g.abs().max().clamp_min(1e-30))
-        for n, g in grads["one_propagation"].items()
-    )
-    print(
-        f"first batch: loss {losses['side_by_side']!r} (side by side) vs "
-        f"{losses['one_propagation']!r} (one propagation); "
-        f"largest relative gradient difference {worst:.2e}"
-    )
-    alternate(bench, {name: put(form) for name, form in forms.items()}, args, "SLMRec")
+    puts = {name: put(form) for name, form in forms.items()}
+    first_batch_agreement(bench, puts)
+    alternate(bench, puts, args, "SLMRec")
 
 
 if __name__ == "__main__":

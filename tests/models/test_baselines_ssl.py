@@ -300,6 +300,35 @@ def test_bm3_dropout_perturbs_only_the_targets(data):
     assert a["reg"].item() == pytest.approx(c["reg"].item())
 
 
+def test_bm3_targets_have_one_dropout_mask_per_distinct_user_and_item(data, monkeypatch):
+    """The targets are rows of the dropped-out tables (MMRec perturbs the whole tables): a
+    user or item twice in a batch gets the same mask, each element kept and scaled by
+    1 / (1 - p) or zeroed."""
+    import alignrec.models.bm3 as bm3
+
+    model = BM3(data, BM3Config(dropout=0.5))
+    users = torch.tensor([0, 3, 0, 5, 3, 0])
+    items = torch.tensor([2, 1, 2, 4, 1, 7])
+    targets = []
+    monkeypatch.setattr(
+        bm3, "cosine_loss", lambda online, target: targets.append(target) or online.sum() * 0
+    )
+    torch.manual_seed(3)
+    model.loss_terms(users, items)
+    with torch.no_grad():
+        u_all, i_all = model.encode()
+    i_tgt, u_tgt = targets[0], targets[1]  # user -> item, then item -> user
+    for tgt, ids, table in ((u_tgt, users, u_all), (i_tgt, items, i_all)):
+        rows = table[ids]
+        assert torch.all((tgt == 0) | torch.isclose(tgt, 2 * rows)), "kept and scaled, or zeroed"
+        assert 0 < (tgt == 0).float().mean() < 1
+        for a in range(len(ids)):
+            for b in range(len(ids)):
+                if ids[a] == ids[b]:
+                    assert torch.equal(tgt[a], tgt[b])  # one mask per distinct row
+    assert not torch.equal(i_tgt[0] == 0, i_tgt[1] == 0)  # distinct rows draw their own masks
+
+
 # ---------------------------------------------------------------------------- MGCN
 def test_mgcn_item_graphs_equal_dense_knn(data):
     model = MGCN(data, MGCNConfig(knn_k=5))
