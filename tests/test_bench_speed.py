@@ -178,6 +178,14 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         same["model_eval_seconds"] / same["reference_eval_seconds"]
     )
     assert rows["lightgcn"]["eval_ratio_same_process"] == 1.0
+    # the validation floor: the evaluator's own work (LightGCN's validation less its products)
+    # plus BPR's products, both replayed alone in the same turns
+    assert 0 < same["reference_eval_products_seconds"] < same["reference_eval_seconds"]
+    assert 0 < same["model_eval_products_seconds"] < same["model_eval_seconds"]
+    assert rows["bpr"]["eval_floor_ratio_same_process"] == pytest.approx(
+        (same["reference_eval_seconds"] - same["reference_eval_products_seconds"]
+         + same["model_eval_products_seconds"]) / same["reference_eval_seconds"]
+    )
     assert set(rows["bpr"]["parts_seconds"]) == set(PART_COLUMNS)
     md = (out / "profile.md").read_text().splitlines()
     assert md[0].startswith("# ")
@@ -199,6 +207,7 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         "validation s",
         "x LightGCN",
         "x LightGCN, same process",
+        "validation floor x LightGCN, same process",
         "peak RSS MiB",
     ]
     body = [line for line in md[4:] if line.startswith("| ")]
@@ -316,10 +325,16 @@ def test_a_target_below_the_dense_floor_is_named():
         {"model": "grcn", "epoch_seconds": 9.0, "eval_seconds": 4.0,
          "same_process": {"epoch_ratio": 4.5, "floor_ratio": 1.9}},
     ]
+    rows[3]["same_process"]["eval_floor_ratio"] = 1.6  # scores 1.6x LightGCN's at best
+    rows[2]["same_process"]["eval_floor_ratio"] = 1.4
     add_ratios(rows)
     by = {r["model"]: r for r in rows}
     assert by["mgcn"]["floor_ratio_same_process"] == 3.2
     assert [by[m]["epoch_target_below_floor"] for m in ("mgcn", "alignrec", "grcn")] == [
         True, True, False
     ]
+    assert by["grcn"]["eval_floor_ratio_same_process"] == 1.6
+    assert by["grcn"]["validation_target_below_floor"] is True
+    assert by["alignrec"]["validation_target_below_floor"] is False
+    assert "validation_target_below_floor" not in by["mgcn"]  # no validation timed
     assert "epoch_target_below_floor" not in by["lightgcn"]  # no floor measured for it
