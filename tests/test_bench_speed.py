@@ -164,10 +164,13 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
     assert same["epoch_ratio"] == pytest.approx(
         same["model_epoch_seconds"] / same["reference_epoch_seconds"]
     )
-    # BPR's step has no matrix product: its floor turn runs nothing, and is far below its step
+    # BPR's step has no matrix product: its floor turns run nothing, far below its step; an
+    # epoch of them is the first step's (timed apart) and the others'
     assert 0 <= same["floor_step_seconds"] < same["model_step_seconds"]
+    assert 0 <= same["floor_first_step_seconds"] < same["model_step_seconds"]
     assert rows["bpr"]["floor_ratio_same_process"] == pytest.approx(
-        same["floor_step_seconds"] * n / same["reference_epoch_seconds"]
+        (same["floor_first_step_seconds"] + same["floor_step_seconds"] * (n - 1))
+        / same["reference_epoch_seconds"]
     )
     assert rows["bpr"]["epoch_target_below_floor"] is False
     assert rows["lightgcn"]["same_process"] is None

@@ -140,18 +140,6 @@ def _profiled(step, batches) -> tuple[dict[str, float], float]:
     return part_seconds(prof.events())
 
 
-def step_flops(step, batch) -> int:
-    """Floating-point operations of the matrix products (``mm``, ``addmm``, ``bmm``...) in one
-    training ``step`` on ``batch``, backward included, as ``torch.utils.flop_counter`` counts
-    them. Sparse and gather operations (graph propagation, embedding lookups) are not counted:
-    they are bounded by memory traffic, not arithmetic."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        step(*batch)
-    return int(counter.get_total_flops())
-
-
 def gemm_gflops(device: Any, n: int = 2048, k: int = 512, repeats: int = 5) -> float:
     """This process's float32 matrix-product rate in GFLOP/s: the best of ``repeats``
     ``[n, k] @ [k, k]`` products, at the process's thread count."""
@@ -198,6 +186,7 @@ def bench_speed(
     from alignrec.errors import ConfigError
     from alignrec.evaluation import Evaluator
     from alignrec.models import get_model_class
+    from alignrec.profiling import DenseReplay
     from alignrec.training import NegativeSampler, parse_assignments, resolve_configs, set_seed
 
     if threads:
@@ -287,9 +276,13 @@ def bench_speed(
     # the step's dense arithmetic (matrix products, forward and backward) and what this core
     # needs for it at its measured GEMM rate: the floor under the model's own content and loss
     # (an epoch's first step counted apart: a model may do once-per-epoch work there)
+    # (captured to be replayed alone below: the dense floor in the model's process)
     it = epoch_batches(epochs + w + 1)
-    flops = step_flops(step, next(it))
-    flops_per_step = flops if n_batches == 1 else step_flops(step, next(it))
+    first_products = DenseReplay.capture(lambda: step(*next(it)))
+    products = (
+        first_products if n_batches == 1 else DenseReplay.capture(lambda: step(*next(it)))
+    )
+    flops, flops_per_step = first_products.flops(), products.flops()
     flops_epoch = flops + (n_batches - 1) * flops_per_step
     gemm = gemm_gflops(device)
 
@@ -310,6 +303,7 @@ def bench_speed(
             device,
             seed,
             evaluator=evaluator if evals else None,
+            products=(first_products, products),
         )
         # An epoch of each in those conditions (the reference trains at the model's batch
         # size, so as many steps): the model's steps at the rounds' pace plus what its epoch
@@ -324,8 +318,12 @@ def bench_speed(
             model_epoch_seconds=model_epoch,
             reference_epoch_seconds=ref_epoch,
             epoch_ratio=model_epoch / ref_epoch,
-            # the model's matrix products alone, an epoch of them: the least its epoch can take
-            floor_ratio=same_process["floor_step_seconds"] * n_batches / ref_epoch,
+            # the model's matrix products alone, an epoch of them (its first step's apart):
+            # the least its epoch can take
+            floor_ratio=(
+                same_process["floor_first_step_seconds"]
+                + same_process["floor_step_seconds"] * (n_batches - 1)
+            ) / ref_epoch,
         )
     # an epoch's steps: the epoch less its sampling and on_epoch_start
     steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
@@ -396,16 +394,24 @@ def training_stepper(net: Any, opt: Any, sampler: Any, batch_size: int, device: 
 
 
 def same_process_ratio(
-    model: tuple, data: Any, rounds: int, device: Any, seed: int = 0, evaluator: Any = None
+    model: tuple,
+    data: Any,
+    rounds: int,
+    device: Any,
+    seed: int = 0,
+    evaluator: Any = None,
+    products: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """The model's training step against the reference's, timed in turns in this process.
 
     ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
-    its defaults and the model's batch size; after two untimed steps of each, the model's matrix
-    products are captured on one more of its steps (:class:`~alignrec.profiling.DenseReplay`),
-    and every round times ``SAME_PROCESS_STEPS`` steps of the model, as many of the reference,
-    and as many replays of those products alone (the model's dense floor per step). Returns
-    the three medians (seconds per step); :func:`bench_speed` adds the epoch ratios. With an
+    its defaults and the model's batch size. ``products`` are the matrix products of the
+    model's first step of an epoch and of a later one (:class:`~alignrec.profiling.DenseReplay`;
+    by default captured here on one more step, for both). After two untimed steps of each,
+    every round times ``SAME_PROCESS_STEPS`` steps of the model, as many of the reference, as
+    many replays of the later step's products alone (the model's dense floor per step), and
+    one of the first step's. Returns the medians (seconds per step); :func:`bench_speed` adds
+    the epoch ratios. With an
     ``evaluator``, then ``SAME_PROCESS_EVALS`` full validations of each in turns, and the
     ratio of their medians.
     """
@@ -429,19 +435,23 @@ def same_process_ratio(
     for step in steppers.values():
         for _ in range(2):
             step()
-    # the model's matrix products, captured on one more step, are timed as a third turn
-    steppers["floor"] = DenseReplay.capture(steppers["model"]).run
-    times: dict[str, list[float]] = {k: [] for k in steppers}
+    if products is None:
+        products = (DenseReplay.capture(steppers["model"]),) * 2
+    first_products, later_products = products
+    # the model's matrix products alone are timed as further turns
+    turns = {**steppers, "floor": later_products.run, "floor first": first_products.run}
+    times: dict[str, list[float]] = {k: [] for k in turns}
     for _ in range(rounds):
-        for name, step in steppers.items():
+        for name, step in turns.items():
+            n = 1 if name == "floor first" else SAME_PROCESS_STEPS
             _sync(device)
             t = time.perf_counter()
-            for _ in range(SAME_PROCESS_STEPS):
+            for _ in range(n):
                 step()
             _sync(device)
-            times[name].append((time.perf_counter() - t) / SAME_PROCESS_STEPS)
-    model_step, ref_step, floor_step = (
-        statistics.median(times[k]) for k in ("model", "reference", "floor")
+            times[name].append((time.perf_counter() - t) / n)
+    model_step, ref_step, floor_step, floor_first = (
+        statistics.median(times[k]) for k in turns
     )
     evals: dict[str, float] = {}
     if evaluator is not None:
@@ -486,6 +496,7 @@ def same_process_ratio(
         "model_step_seconds": model_step,
         "reference_step_seconds": ref_step,
         "floor_step_seconds": floor_step,
+        "floor_first_step_seconds": floor_first,
         **evals,
     }
 
