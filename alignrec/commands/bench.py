@@ -30,8 +30,8 @@ What is measured, per model:
   once, as measured above: sampling, ``on_epoch_start``, per-epoch work in the first step;
   the reference's plus the same sampling) gives the epoch ratio that machine drift between
   processes cannot move (the processes of one sitting run minutes apart, and a shared
-  machine's speed drifts in between). A third turn of each round runs the model's matrix
-  products alone (:class:`alignrec.profiling.DenseReplay`: the shapes and layouts its step
+  machine's speed drifts in between). Further turns of each round run the model's matrix
+  products alone (:class:`alignrec.profiling.DenseReplay`: the shapes and layouts its steps
   used, on stand-in operands): an epoch of them against the reference's epoch is the
   model's dense floor in the same units, the least its epoch can take on this machine
   without computing something else. A target below it cannot be met by speed work alone.
@@ -275,8 +275,8 @@ def bench_speed(
 
     # the step's dense arithmetic (matrix products, forward and backward) and what this core
     # needs for it at its measured GEMM rate: the floor under the model's own content and loss
-    # (an epoch's first step counted apart: a model may do once-per-epoch work there)
-    # (captured to be replayed alone below: the dense floor in the model's process)
+    # (an epoch's first step counted apart: a model may do once-per-epoch work there); the
+    # products are captured to be replayed alone below, the dense floor in this process
     it = epoch_batches(epochs + w + 1)
     first_products = DenseReplay.capture(lambda: step(*next(it)))
     products = (
@@ -411,9 +411,8 @@ def same_process_ratio(
     every round times ``SAME_PROCESS_STEPS`` steps of the model, as many of the reference, as
     many replays of the later step's products alone (the model's dense floor per step), and
     one of the first step's. Returns the medians (seconds per step); :func:`bench_speed` adds
-    the epoch ratios. With an
-    ``evaluator``, then ``SAME_PROCESS_EVALS`` full validations of each in turns, and the
-    ratio of their medians.
+    the epoch ratios. With an ``evaluator``, then ``SAME_PROCESS_EVALS`` full validations of
+    each in turns, each followed by a replay of its matrix products alone, and the ratios.
     """
     import torch
 
