@@ -69,18 +69,24 @@ class _Recorder(TorchDispatchMode):
 
 
 class DenseReplay:
-    """The dense products of one call of a function, ready to run again (:meth:`run`)."""
+    """The dense products of one call of a function, ready to run again (:meth:`run`), and
+    their floating-point operations (``flops``, by torch.utils.flop_counter's formulas)."""
 
-    def __init__(self, calls: list[Call]) -> None:
+    def __init__(self, calls: list[Call], flops: int = 0) -> None:
         self.calls = calls
+        self.flops = flops
         self._operands: dict[Layout, torch.Tensor] = {}
+        self._bound: list[tuple[Any, tuple, dict]] | None = None
 
     @classmethod
     def capture(cls, fn: Callable[[], Any]) -> DenseReplay:
-        """Run ``fn`` once (with its effects: a training step trains) and record its products."""
-        with _Recorder() as recorder:
+        """Run ``fn`` once (with its effects: a training step trains) and record its products,
+        counting their FLOPs on the way."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, _Recorder() as recorder:
             fn()
-        return cls(recorder.calls)
+        return cls(recorder.calls, int(counter.get_total_flops()))
 
     def operand(self, layout: Layout) -> torch.Tensor:
         """A stand-in tensor of ``layout``: normal draws for a floating dtype (no denormals,
@@ -93,18 +99,16 @@ class DenseReplay:
         return t
 
     def run(self) -> None:
-        """Every recorded product again, in order, on stand-in operands (their results dropped)."""
-        materialize = lambda x: self.operand(x) if isinstance(x, Layout) else x  # noqa: E731
-        for call in self.calls:
-            call.op(*tree_map(materialize, call.args), **tree_map(materialize, call.kwargs))
+        """Every recorded product again, in order, on stand-in operands (their results dropped).
 
-    def flops(self) -> int:
-        """The recorded products' floating-point operations, by torch.utils.flop_counter's formulas."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
-            self.run()
-        return int(counter.get_total_flops())
+        The operands are bound on the first run, so a timed run is the products alone."""
+        if self._bound is None:
+            bind = lambda x: self.operand(x) if isinstance(x, Layout) else x  # noqa: E731
+            self._bound = [
+                (c.op, tree_map(bind, c.args), tree_map(bind, c.kwargs)) for c in self.calls
+            ]
+        for op, args, kwargs in self._bound:
+            op(*args, **kwargs)
 
     def __len__(self) -> int:
         return len(self.calls)

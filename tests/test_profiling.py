@@ -47,12 +47,13 @@ def test_running_again_makes_the_same_products_with_the_same_flops():
     assert replay.calls[0].kwargs == {"beta": 0.5}
     with FlopCounterMode(display=False) as counter:
         fn()
-    assert replay.flops() == counter.get_total_flops() == 2 * 7 * 3 * 5 + 2 * 2 * 4 * 3 * 6
+    assert replay.flops == counter.get_total_flops() == 2 * 7 * 3 * 5 + 2 * 2 * 4 * 3 * 6
+    assert again.flops == replay.flops  # the replay does the same arithmetic
 
 
 def test_a_function_without_products_replays_nothing():
     replay = DenseReplay.capture(lambda: torch.randn(100).exp().sum())
-    assert len(replay) == 0 and replay.flops() == 0
+    assert len(replay) == 0 and replay.flops == 0
     replay.run()
 
 

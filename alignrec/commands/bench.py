@@ -282,7 +282,7 @@ def bench_speed(
     products = (
         first_products if n_batches == 1 else DenseReplay.capture(lambda: step(*next(it)))
     )
-    flops, flops_per_step = first_products.flops(), products.flops()
+    flops, flops_per_step = first_products.flops, products.flops
     flops_epoch = flops + (n_batches - 1) * flops_per_step
     gemm = gemm_gflops(device)
 
@@ -400,14 +400,15 @@ def same_process_ratio(
     device: Any,
     seed: int = 0,
     evaluator: Any = None,
-    products: tuple[Any, Any] | None = None,
+    *,
+    products: tuple[Any, Any],
 ) -> dict[str, Any]:
     """The model's training step against the reference's, timed in turns in this process.
 
     ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
     its defaults and the model's batch size. ``products`` are the matrix products of the
-    model's first step of an epoch and of a later one (:class:`~alignrec.profiling.DenseReplay`;
-    by default captured here on one more step, for both). After two untimed steps of each,
+    model's first step of an epoch and of a later one (:class:`~alignrec.profiling.DenseReplay`).
+    After two untimed steps of each,
     every round times ``SAME_PROCESS_STEPS`` steps of the model, as many of the reference, as
     many replays of the later step's products alone (the model's dense floor per step), and
     one of the first step's. Returns the medians (seconds per step); :func:`bench_speed` adds
@@ -434,8 +435,6 @@ def same_process_ratio(
     for step in steppers.values():
         for _ in range(2):
             step()
-    if products is None:
-        products = (DenseReplay.capture(steppers["model"]),) * 2
     first_products, later_products = products
     # the model's matrix products alone are timed as further turns
     turns = {**steppers, "floor": later_products.run, "floor first": first_products.run}
@@ -762,9 +761,9 @@ def profile_markdown(report: dict[str, Any]) -> str:
             "each at their median steps (plus what the model's epoch adds once, and the same "
             f"sampling for LightGCN), then {SAME_PROCESS_EVALS} full validations of each in turns "
             "(medians); the targets are judged on these ratios. Dense floor x LightGCN, same "
-            "process: the model's matrix products of one step, captured and replayed alone on "
-            "stand-in operands as a third turn of those rounds, an epoch of them against "
-            "LightGCN's epoch. Validation floor x LightGCN, same process: the evaluator's own "
+            "process: the model's matrix products of an epoch's first step and of a later one, "
+            "captured and replayed alone on stand-in operands as further turns of those rounds, "
+            "an epoch of them against LightGCN's epoch. Validation floor x LightGCN, same process: the evaluator's own "
             "work (LightGCN's validation less its matrix products) plus the model's validation "
             "products, replayed alone in the same turns, against LightGCN's validation."
             if s.get("same_process_rounds")
