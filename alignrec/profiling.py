@@ -1,13 +1,21 @@
-"""The matrix products of a training step, captured and run again on their own.
+"""The products of a training step, captured and run again on their own.
 
-:class:`DenseReplay` records every dense product a function runs, forward and backward: the
-operators ``torch.utils.flop_counter`` counts (``mm``, ``addmm``, ``bmm``, ``baddbmm``,
-convolutions, attention), each with its operands' shapes, strides and dtypes and its scalar
-arguments. :meth:`DenseReplay.run` calls the same operators again on stand-in operands of
-the same layouts (so the same BLAS kernels: a transposed operand stays transposed). Timed
-in the process the step ran in, beside the step itself, that is the step's dense floor on
-this machine at these shapes: what the step would cost if everything but its matrix
-products took no time. Graph propagation, lookups and element-wise work are not in it.
+:class:`ProductReplay` records two kinds of products a function runs, forward and backward:
+
+- **dense**: the operators ``torch.utils.flop_counter`` counts (``mm``, ``addmm``, ``bmm``,
+  ``baddbmm``, convolutions, attention);
+- **graph**: the sums over a graph's edges (``embedding_bag`` and its backward kernels,
+  sparse-dense ``mm``) and the per-edge dot products (``sampled_addmm``), the kernels that
+  propagate over the user-item and item-item graphs.
+
+Each call is kept with its floating-point operands' shapes, strides and dtypes and its other
+arguments as they were: an index, an offset or a sparse pattern is kept itself (the graph's
+structure decides what a graph kernel costs). :meth:`ProductReplay.run` calls the same
+operators again, the floating-point operands replaced by stand-ins of the same layouts (so
+the same kernels: a transposed operand stays transposed). Timed in the process the step ran
+in, beside the step itself, that is the step's floor on this machine at these shapes: what
+it would cost if everything but its products took no time. Lookups of rows, segment maxima,
+soft-maxes and element-wise work are not in it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,25 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
+
+DENSE, GRAPH = "dense", "graph"
+
+# The graph kernels: edge sums (embedding_bag, forward and backward; sparse-dense products)
+# and per-edge dot products. Overloads a torch build lacks are left out.
+GRAPH_PRODUCTS = frozenset(
+    getattr(torch.ops.aten, name)
+    for name in (
+        "_embedding_bag",
+        "_embedding_bag_forward_only",
+        "_embedding_bag_backward",
+        "_embedding_bag_dense_backward",
+        "_embedding_bag_per_sample_weights_backward",
+        "_sparse_mm",
+        "_sparse_addmm",
+        "sparse_sampled_addmm",
+    )
+    if hasattr(torch.ops.aten, name)
+)
 
 
 @dataclass(frozen=True)
@@ -44,15 +71,31 @@ class Layout:
 
 @dataclass(frozen=True)
 class Call:
-    """One recorded product: the operator, with Layouts in place of its tensor arguments."""
+    """One recorded product: the operator, its kind (:data:`DENSE` or :data:`GRAPH`), and its
+    arguments with Layouts in place of its strided floating-point tensors."""
 
     op: Any  # torch._ops.OpOverload
     args: tuple
     kwargs: dict
+    kind: str = DENSE
 
 
-def _is_dense_product(func: Any) -> bool:
-    return getattr(func, "overloadpacket", None) in flop_registry
+def product_kind(func: Any) -> str | None:
+    """:data:`DENSE`, :data:`GRAPH` or None (not a product) for an ATen operator overload."""
+    packet = getattr(func, "overloadpacket", None)
+    if packet in flop_registry:
+        return DENSE
+    if packet in GRAPH_PRODUCTS:
+        return GRAPH
+    return None
+
+
+def _stand_in_layout(x: Any) -> Any:
+    """A strided floating-point tensor's Layout; anything else as it is (indices, offsets and
+    sparse patterns are the graph's structure: kept, not replaced)."""
+    if isinstance(x, torch.Tensor) and x.layout == torch.strided and x.is_floating_point():
+        return Layout.of(x)
+    return x
 
 
 class _Recorder(TorchDispatchMode):
@@ -62,15 +105,18 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_dense_product(func):
-            to_layout = lambda x: Layout.of(x) if isinstance(x, torch.Tensor) else x  # noqa: E731
-            self.calls.append(Call(func, tree_map(to_layout, args), tree_map(to_layout, kwargs)))
+        kind = product_kind(func)
+        if kind is not None:
+            self.calls.append(
+                Call(func, tree_map(_stand_in_layout, args), tree_map(_stand_in_layout, kwargs), kind)
+            )
         return func(*args, **kwargs)
 
 
-class DenseReplay:
-    """The dense products of one call of a function, ready to run again (:meth:`run`), and
-    their floating-point operations (``flops``, by torch.utils.flop_counter's formulas)."""
+class ProductReplay:
+    """The products of one call of a function, ready to run again (:meth:`run`), and the
+    floating-point operations of its dense ones (``flops``, by torch.utils.flop_counter's
+    formulas). :attr:`dense` and :attr:`graph` are the replays of each kind alone."""
 
     def __init__(self, calls: list[Call], flops: int = 0) -> None:
         self.calls = calls
@@ -79,14 +125,28 @@ class DenseReplay:
         self._bound: list[tuple[Any, tuple, dict]] | None = None
 
     @classmethod
-    def capture(cls, fn: Callable[[], Any]) -> DenseReplay:
+    def capture(cls, fn: Callable[[], Any]) -> ProductReplay:
         """Run ``fn`` once (with its effects: a training step trains) and record its products,
-        counting their FLOPs on the way."""
+        counting the dense ones' FLOPs on the way."""
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter, _Recorder() as recorder:
             fn()
         return cls(recorder.calls, int(counter.get_total_flops()))
+
+    def only(self, kind: str) -> ProductReplay:
+        """The calls of one kind, as a replay of their own (FLOPs kept for the dense ones)."""
+        return ProductReplay(
+            [c for c in self.calls if c.kind == kind], self.flops if kind == DENSE else 0
+        )
+
+    @property
+    def dense(self) -> ProductReplay:
+        return self.only(DENSE)
+
+    @property
+    def graph(self) -> ProductReplay:
+        return self.only(GRAPH)
 
     def operand(self, layout: Layout) -> torch.Tensor:
         """A stand-in tensor of ``layout``: normal draws for a floating dtype (no denormals,
@@ -114,4 +174,4 @@ class DenseReplay:
         return len(self.calls)
 
 
-__all__ = ["DenseReplay", "Layout"]
+__all__ = ["DENSE", "GRAPH", "GRAPH_PRODUCTS", "Layout", "ProductReplay", "product_kind"]

@@ -172,6 +172,22 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         (same["floor_first_step_seconds"] + same["floor_step_seconds"] * (n - 1))
         / same["reference_epoch_seconds"]
     )
+    # BPR has no graph: its graph turns run nothing either; LightGCN's step propagates over
+    # the graph, and its products (replayed in the same turns) take part of its step
+    assert 0 <= same["graph_floor_step_seconds"] < same["model_step_seconds"]
+    assert 0 < same["reference_floor_step_seconds"] < same["reference_step_seconds"]
+    arithmetic = (
+        same["floor_first_step_seconds"] + same["graph_floor_first_step_seconds"]
+        + (same["floor_step_seconds"] + same["graph_floor_step_seconds"]) * (n - 1)
+    )
+    assert rows["bpr"]["arithmetic_floor_ratio_same_process"] == pytest.approx(
+        arithmetic / same["reference_epoch_seconds"]
+    )
+    assert rows["bpr"]["floor_headroom"] == pytest.approx(same["model_epoch_seconds"] / arithmetic)
+    assert rows["lightgcn"]["floor_headroom"] == pytest.approx(
+        same["reference_epoch_seconds"] / (same["reference_floor_step_seconds"] * n)
+    )
+    assert rows["lightgcn"]["floor_headroom"] > 1
     assert rows["bpr"]["epoch_target_below_floor"] is False
     assert rows["lightgcn"]["same_process"] is None
     assert rows["lightgcn"]["epoch_ratio_same_process"] == 1.0
@@ -207,6 +223,8 @@ def test_all_models_mode_writes_the_profile_and_lists_models_that_cannot_run(tmp
         "dense GFLOP/step",
         "dense floor s",
         "dense floor x LightGCN, same process",
+        "arithmetic floor x LightGCN, same process",
+        "epoch x own arithmetic floor",
         "validation s",
         "x LightGCN",
         "x LightGCN, same process",
@@ -316,7 +334,7 @@ def test_dense_arithmetic_is_counted_with_its_floor():
     assert lattice["dense_gflop_first_step"] > lattice["dense_gflop_per_step"]
 
 
-def test_a_target_below_the_dense_floor_is_named():
+def test_a_target_below_the_arithmetic_floor_is_named():
     rows = [
         {"model": "lightgcn", "epoch_seconds": 2.0, "eval_seconds": 4.0, "same_process": None},
         # its matrix products alone are 3.2x LightGCN's epoch: 3x is out of reach
@@ -330,12 +348,22 @@ def test_a_target_below_the_dense_floor_is_named():
     ]
     rows[3]["same_process"]["eval_floor_ratio"] = 1.6  # scores 1.6x LightGCN's at best
     rows[2]["same_process"]["eval_floor_ratio"] = 1.4
+    # with its graph products, a model's floor rises: here its matrix products are under its
+    # target, and its sums over the graph's edges take it over
+    rows.append(
+        {"model": "dualgnn", "epoch_seconds": 9.0, "eval_seconds": 4.0,
+         "same_process": {"epoch_ratio": 4.5, "floor_ratio": 1.9, "arithmetic_floor_ratio": 3.4,
+                          "floor_headroom": 1.3}}
+    )
     add_ratios(rows)
     by = {r["model"]: r for r in rows}
     assert by["mgcn"]["floor_ratio_same_process"] == 3.2
     assert [by[m]["epoch_target_below_floor"] for m in ("mgcn", "alignrec", "grcn")] == [
         True, True, False
     ]
+    assert by["dualgnn"]["arithmetic_floor_ratio_same_process"] == 3.4
+    assert by["dualgnn"]["epoch_target_below_floor"] is True
+    assert by["dualgnn"]["floor_headroom"] == 1.3
     assert by["grcn"]["eval_floor_ratio_same_process"] == 1.6
     assert by["grcn"]["validation_target_below_floor"] is True
     assert by["alignrec"]["validation_target_below_floor"] is False

@@ -1,15 +1,22 @@
-"""``alignrec.profiling.DenseReplay``: a function's matrix products, recorded and run again."""
+"""``alignrec.profiling.ProductReplay``: a function's products, recorded and run again."""
 
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from alignrec.profiling import DenseReplay, Layout
+from alignrec.profiling import DENSE, GRAPH, Layout, ProductReplay, product_kind
 
 
-def _signatures(replay: DenseReplay) -> list[tuple]:
-    return [(str(c.op), c.args, tuple(sorted(c.kwargs.items()))) for c in replay.calls]
+def _signatures(replay: ProductReplay) -> list[tuple]:
+    return [(str(c.op), c.kind, _layouts(c.args), tuple(sorted(c.kwargs.items())))
+            for c in replay.calls]
+
+
+def _layouts(args: tuple) -> tuple:
+    """Arguments with a kept tensor by its identity (a replay passes the same one again)."""
+    return tuple(id(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def test_the_products_of_forward_and_backward_are_recorded_with_their_layouts():
@@ -23,10 +30,11 @@ def test_the_products_of_forward_and_backward_are_recorded_with_their_layouts():
         (h @ other.T).relu().sum().backward()  # mm with a transposed operand, and backwards
         torch.sigmoid(h.detach())  # element-wise: not a product
 
-    replay = DenseReplay.capture(step)
+    replay = ProductReplay.capture(step)
     ops = [str(c.op).split(".")[1] for c in replay.calls]
     assert ops[:2] == ["addmm", "mm"] and set(ops[2:]) == {"mm"}
     assert len(ops) == 2 + 3  # backward: h's gradient, and the weight's and input's of linear
+    assert {c.kind for c in replay.calls} == {DENSE} and len(replay.graph) == 0
     # the transposed operand keeps its strides (the same kernel runs again)
     assert Layout.of(other.T) in replay.calls[1].args
     assert Layout.of(other.T).stride == (1, 4)
@@ -41,8 +49,8 @@ def test_running_again_makes_the_same_products_with_the_same_flops():
         torch.addmm(bias, a, b.T, beta=0.5)
         torch.bmm(torch.randn(2, 4, 3), torch.randn(2, 3, 6))
 
-    replay = DenseReplay.capture(fn)
-    again = DenseReplay.capture(replay.run)
+    replay = ProductReplay.capture(fn)
+    again = ProductReplay.capture(replay.run)
     assert _signatures(again) == _signatures(replay)
     assert replay.calls[0].kwargs == {"beta": 0.5}
     with FlopCounterMode(display=False) as counter:
@@ -51,14 +59,65 @@ def test_running_again_makes_the_same_products_with_the_same_flops():
     assert again.flops == replay.flops  # the replay does the same arithmetic
 
 
+def test_graph_products_keep_the_graphs_indices_and_replay_the_same_calls():
+    """A weighted sum over edges (embedding_bag), forward and backward, and a per-edge dot
+    product (sampled_addmm): graph products, their indices and pattern kept as they were."""
+    torch.manual_seed(0)
+    cols = torch.tensor([0, 2, 1, 2, 0])
+    offsets = torch.tensor([0, 2, 3])
+    x = torch.randn(3, 4, requires_grad=True)
+    weights = torch.rand(5, requires_grad=True)
+    crow = torch.tensor([0, 2, 3, 5])
+    pattern_cols = torch.tensor([0, 2, 1, 0, 2])  # sorted within each row
+    pattern = torch.sparse_csr_tensor(
+        crow, pattern_cols, torch.zeros(5), size=(3, 3), check_invariants=True
+    )
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+
+    def step() -> None:
+        y = F.embedding_bag(cols, x, offsets, mode="sum", per_sample_weights=weights)
+        (y @ torch.ones(4, 2)).sum().backward()  # a dense product among them
+        torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0)
+
+    replay = ProductReplay.capture(step)
+    kinds = [c.kind for c in replay.calls]
+    assert kinds[0] == GRAPH and DENSE in kinds
+    graph = replay.graph
+    names = [str(c.op).split(".")[1] for c in graph.calls]
+    assert names[0] == "_embedding_bag" and names[-1] == "sparse_sampled_addmm"
+    assert any("backward" in n for n in names)  # the edge sums of the gradients
+    assert len(graph) + len(replay.dense) == len(replay)
+    assert graph.flops == 0 and replay.dense.flops == replay.flops > 0
+    # the indices, offsets and the sparse pattern are kept themselves; the floating operands
+    # become layouts of stand-ins
+    first = graph.calls[0]
+    assert first.args[1] is cols and first.args[2] is offsets
+    assert first.args[0] == Layout.of(x)
+    assert graph.calls[-1].args[0] is pattern
+    again = ProductReplay.capture(graph.run)
+    assert [(str(c.op), c.kind) for c in again.calls] == [
+        (str(c.op), c.kind) for c in graph.calls
+    ]
+    assert again.calls[0].args[1] is cols
+
+
+def test_operators_are_sorted_into_kinds():
+    aten = torch.ops.aten
+    assert product_kind(aten.mm.default) == DENSE
+    assert product_kind(aten._embedding_bag.default) == GRAPH
+    assert product_kind(aten.sparse_sampled_addmm.default) == GRAPH
+    assert product_kind(aten.index_select.default) is None  # a lookup, not a product
+    assert product_kind(aten.mul.Tensor) is None
+
+
 def test_a_function_without_products_replays_nothing():
-    replay = DenseReplay.capture(lambda: torch.randn(100).exp().sum())
+    replay = ProductReplay.capture(lambda: torch.randn(100).exp().sum())
     assert len(replay) == 0 and replay.flops == 0
     replay.run()
 
 
 def test_stand_in_operands_have_the_layout_and_are_shared_per_layout():
-    replay = DenseReplay([])
+    replay = ProductReplay([])
     layout = Layout((4, 3), (1, 4), torch.float32, torch.device("cpu"))  # a transposed view
     t = replay.operand(layout)
     assert Layout.of(t) == layout and torch.isfinite(t).all()

@@ -30,15 +30,19 @@ What is measured, per model:
   once, as measured above: sampling, ``on_epoch_start``, per-epoch work in the first step;
   the reference's plus the same sampling) gives the epoch ratio that machine drift between
   processes cannot move (the processes of one sitting run minutes apart, and a shared
-  machine's speed drifts in between). Further turns of each round run the model's matrix
-  products alone (:class:`alignrec.profiling.DenseReplay`: the shapes and layouts its steps
-  used, on stand-in operands): an epoch of them against the reference's epoch is the
-  model's dense floor in the same units, the least its epoch can take on this machine
-  without computing something else. A target below it cannot be met by speed work alone.
-  The validations are floored likewise: the products of a validation of each, replayed in
-  the same turns; the evaluator's own work (masking, ranking, metrics: the same for every
-  model) is the reference's validation less its products, and the model's validation floor
-  is that work plus the model's products.
+  machine's speed drifts in between). Further turns of each round run the model's products
+  alone (:class:`alignrec.profiling.ProductReplay`: the operators, shapes and layouts its
+  steps used, on stand-in operands, the graphs' indices kept): its matrix products (an
+  epoch of them against the reference's epoch is the model's **dense floor**) and its graph
+  products, the sums over edges and per-edge dot products (with the dense ones, the
+  **arithmetic floor**: the least its epoch can take on this machine without computing
+  something else; a target below it cannot be met by speed work alone). The reference's
+  own products are replayed in the same turns, so that how near each model runs to its
+  floor (epoch over arithmetic floor) compares with how near the reference runs to its own.
+  The validations are floored likewise: the products of a validation of each (dense and
+  graph), replayed in the same turns; the evaluator's own work (masking, ranking, metrics:
+  the same for every model) is the reference's validation less its products, and the
+  model's validation floor is that work plus the model's products.
 """
 
 from __future__ import annotations
@@ -186,7 +190,7 @@ def bench_speed(
     from alignrec.errors import ConfigError
     from alignrec.evaluation import Evaluator
     from alignrec.models import get_model_class
-    from alignrec.profiling import DenseReplay
+    from alignrec.profiling import ProductReplay
     from alignrec.training import NegativeSampler, parse_assignments, resolve_configs, set_seed
 
     if threads:
@@ -276,11 +280,12 @@ def bench_speed(
     # the step's dense arithmetic (matrix products, forward and backward) and what this core
     # needs for it at its measured GEMM rate: the floor under the model's own content and loss
     # (an epoch's first step counted apart: a model may do once-per-epoch work there); the
-    # products are captured to be replayed alone below, the dense floor in this process
+    # products, dense and graph, are captured to be replayed alone below, the floors in this
+    # process
     it = epoch_batches(epochs + w + 1)
-    first_products = DenseReplay.capture(lambda: step(*next(it)))
+    first_products = ProductReplay.capture(lambda: step(*next(it)))
     products = (
-        first_products if n_batches == 1 else DenseReplay.capture(lambda: step(*next(it)))
+        first_products if n_batches == 1 else ProductReplay.capture(lambda: step(*next(it)))
     )
     flops, flops_per_step = first_products.flops, products.flops
     flops_epoch = flops + (n_batches - 1) * flops_per_step
@@ -318,12 +323,26 @@ def bench_speed(
             model_epoch_seconds=model_epoch,
             reference_epoch_seconds=ref_epoch,
             epoch_ratio=model_epoch / ref_epoch,
-            # the model's matrix products alone, an epoch of them (its first step's apart):
-            # the least its epoch can take
+            # the model's matrix products alone, an epoch of them (its first step's apart)
             floor_ratio=(
                 same_process["floor_first_step_seconds"]
                 + same_process["floor_step_seconds"] * (n_batches - 1)
             ) / ref_epoch,
+        )
+        # with its graph products: the least its epoch can take; and how near each of the
+        # two runs to its own floor
+        arithmetic = (
+            same_process["floor_first_step_seconds"]
+            + same_process["graph_floor_first_step_seconds"]
+            + (same_process["floor_step_seconds"] + same_process["graph_floor_step_seconds"])
+            * (n_batches - 1)
+        )
+        same_process.update(
+            arithmetic_floor_ratio=arithmetic / ref_epoch,
+            floor_headroom=model_epoch / arithmetic,
+            reference_floor_headroom=(
+                ref_epoch / (same_process["reference_floor_step_seconds"] * n_batches)
+            ),
         )
     # an epoch's steps: the epoch less its sampling and on_epoch_start
     steps = epoch - min(statistics.median(setup_s[w:]), epoch) if epochs else float("nan")
@@ -406,19 +425,20 @@ def same_process_ratio(
     """The model's training step against the reference's, timed in turns in this process.
 
     ``model`` is (net, optimiser, sampler, batch size). The reference is built on ``data`` with
-    its defaults and the model's batch size. ``products`` are the matrix products of the
-    model's first step of an epoch and of a later one (:class:`~alignrec.profiling.DenseReplay`).
-    After two untimed steps of each,
+    its defaults and the model's batch size. ``products`` are the products of the model's
+    first step of an epoch and of a later one (:class:`~alignrec.profiling.ProductReplay`).
+    After two untimed steps of each (the reference's second captured: its own products),
     every round times ``SAME_PROCESS_STEPS`` steps of the model, as many of the reference, as
-    many replays of the later step's products alone (the model's dense floor per step), and
-    one of the first step's. Returns the medians (seconds per step); :func:`bench_speed` adds
+    many replays of the later step's matrix products alone (the model's dense floor per
+    step), of its graph products alone, and of the reference's products, and one of each kind
+    of the first step's. Returns the medians (seconds per step); :func:`bench_speed` adds
     the epoch ratios. With an ``evaluator``, then ``SAME_PROCESS_EVALS`` full validations of
-    each in turns, each followed by a replay of its matrix products alone, and the ratios.
+    each in turns, each followed by a replay of its products alone, and the ratios.
     """
     import torch
 
     from alignrec.models import get_model_class
-    from alignrec.profiling import DenseReplay
+    from alignrec.profiling import ProductReplay
     from alignrec.training import NegativeSampler, resolve_configs, set_seed
     from alignrec.training.trainer import make_optimizer
 
@@ -432,23 +452,31 @@ def same_process_ratio(
             ref, make_optimizer(ref, ref_train), NegativeSampler(data, seed=seed), batch_size, device
         ),
     }
-    for step in steppers.values():
-        for _ in range(2):
-            step()
+    steppers["model"]()
+    steppers["model"]()
+    steppers["reference"]()
+    ref_products = ProductReplay.capture(steppers["reference"])
     first_products, later_products = products
-    # the model's matrix products alone are timed as further turns
-    turns = {**steppers, "floor": later_products.run, "floor first": first_products.run}
+    # the model's products alone, of each kind, and the reference's are timed as further turns
+    turns = {
+        **steppers,
+        "floor": later_products.dense.run,
+        "floor first": first_products.dense.run,
+        "graph floor": later_products.graph.run,
+        "graph floor first": first_products.graph.run,
+        "reference floor": ref_products.run,
+    }
     times: dict[str, list[float]] = {k: [] for k in turns}
     for _ in range(rounds):
         for name, step in turns.items():
-            n = 1 if name == "floor first" else SAME_PROCESS_STEPS
+            n = 1 if name.endswith(" first") else SAME_PROCESS_STEPS
             _sync(device)
             t = time.perf_counter()
             for _ in range(n):
                 step()
             _sync(device)
             times[name].append((time.perf_counter() - t) / n)
-    model_step, ref_step, floor_step, floor_first = (
+    model_step, ref_step, floor_step, floor_first, graph_step, graph_first, ref_floor = (
         statistics.median(times[k]) for k in turns
     )
     evals: dict[str, float] = {}
@@ -459,10 +487,11 @@ def same_process_ratio(
             "model": partial(evaluate_model, net, evaluator),
             "reference": partial(evaluate_model, ref, evaluator),
         }
-        # each validation's matrix products (the scores, and whatever the model multiplies
-        # to build its vectors), captured on one more validation and timed in the same turns
+        # each validation's products (the scores, and whatever the model multiplies and
+        # propagates to build its vectors), captured on one more validation and timed in the
+        # same turns
         for name in ("model", "reference"):
-            validations[f"{name} floor"] = DenseReplay.capture(validations[name]).run
+            validations[f"{name} floor"] = ProductReplay.capture(validations[name]).run
         eval_times: dict[str, list[float]] = {k: [] for k in validations}
         for _ in range(SAME_PROCESS_EVALS):
             for name, validate in validations.items():
@@ -495,6 +524,9 @@ def same_process_ratio(
         "reference_step_seconds": ref_step,
         "floor_step_seconds": floor_step,
         "floor_first_step_seconds": floor_first,
+        "graph_floor_step_seconds": graph_step,
+        "graph_floor_first_step_seconds": graph_first,
+        "reference_floor_step_seconds": ref_floor,
         **evals,
     }
 
@@ -648,9 +680,11 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 r[f"{key}_same_process"] = same[key]
             elif r is ref and any(key in (x.get("same_process") or {}) for x in rows):
                 r[f"{key}_same_process"] = 1.0
-        for key in ("floor_ratio", "eval_floor_ratio"):
+        for key in ("floor_ratio", "arithmetic_floor_ratio", "eval_floor_ratio"):
             if same and key in same:
                 r[f"{key}_same_process"] = same[key]
+        if same and "floor_headroom" in same:
+            r["floor_headroom"] = same["floor_headroom"]
         # the same-process ratios when there are: drift between processes cannot move them
         epoch_ratio = r.get("epoch_ratio_same_process", r["epoch_ratio"])
         eval_ratio = r.get("eval_ratio_same_process", r["eval_ratio"])
@@ -659,13 +693,26 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         checks = [(x, t) for x, t in checks if math.isfinite(x)]  # only what was measured
         if checks:
             r["within_targets"] = all(x <= t for x, t in checks)
-        # the model's matrix products alone take longer than its target allows
-        if "floor_ratio_same_process" in r:
-            r["epoch_target_below_floor"] = r["floor_ratio_same_process"] > epoch_target
+        # the model's products alone (its arithmetic floor where measured, else its matrix
+        # products) take longer than its target allows
+        floor = r.get("arithmetic_floor_ratio_same_process", r.get("floor_ratio_same_process"))
+        if floor is not None:
+            r["epoch_target_below_floor"] = floor > epoch_target
         if "eval_floor_ratio_same_process" in r:
             r["validation_target_below_floor"] = (
                 r["eval_floor_ratio_same_process"] > TARGETS["validation"]
             )
+
+
+    # how near the reference runs to its own products: measured in every model's process
+    if ref is not None:
+        headroom = [
+            r["same_process"]["reference_floor_headroom"]
+            for r in rows
+            if "reference_floor_headroom" in (r.get("same_process") or {})
+        ]
+        if headroom:
+            ref["floor_headroom"] = statistics.median(headroom)
 
 
 def _s(x: float | None) -> str:
@@ -698,10 +745,11 @@ def profile_markdown(report: dict[str, Any]) -> str:
         "",
         "| model | epoch s | x LightGCN | x LightGCN, same process | graph | content | loss "
         "| backward | optimiser | other | dense GFLOP/step | dense floor s "
-        "| dense floor x LightGCN, same process | validation s "
+        "| dense floor x LightGCN, same process | arithmetic floor x LightGCN, same process "
+        "| epoch x own arithmetic floor | validation s "
         "| x LightGCN | x LightGCN, same process | validation floor x LightGCN, same process "
         "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -719,6 +767,8 @@ def profile_markdown(report: dict[str, Any]) -> str:
                     _s(r.get("dense_gflop_per_step")),
                     _s(r.get("dense_floor_seconds")),
                     _ratio(r.get("floor_ratio_same_process")),
+                    _ratio(r.get("arithmetic_floor_ratio_same_process")),
+                    _ratio(r.get("floor_headroom")),
                     _s(r["eval_seconds"]),
                     _ratio(r.get("eval_ratio")),
                     _ratio(r.get("eval_ratio_same_process")),
@@ -763,9 +813,16 @@ def profile_markdown(report: dict[str, Any]) -> str:
             "(medians); the targets are judged on these ratios. Dense floor x LightGCN, same "
             "process: the model's matrix products of an epoch's first step and of a later one, "
             "captured and replayed alone on stand-in operands as further turns of those rounds, "
-            "an epoch of them against LightGCN's epoch. Validation floor x LightGCN, same process: the evaluator's own "
-            "work (LightGCN's validation less its matrix products) plus the model's validation "
-            "products, replayed alone in the same turns, against LightGCN's validation."
+            "an epoch of them against LightGCN's epoch. Arithmetic floor: the same with its "
+            "graph products too (sums over edges and per-edge dot products, on the graphs' own "
+            "indices), the least its epoch can take without computing something else. Epoch x "
+            "own arithmetic floor: the model's epoch over its arithmetic floor, both from those "
+            "turns (LightGCN's: its own products replayed in the same turns, median over the "
+            "models' processes); how near each model runs to its arithmetic. Validation floor "
+            "x LightGCN, same process: the evaluator's own "
+            "work (LightGCN's validation less its products) plus the model's validation "
+            "products, dense and graph, replayed alone in the same turns, against LightGCN's "
+            "validation."
             if s.get("same_process_rounds")
             else ""
         )
@@ -831,6 +888,13 @@ def _print_single(r: dict[str, Any]) -> None:
         typer.echo(
             f"  dense floor     {1000 * same['floor_step_seconds']:.1f} ms per step (its matrix "
             f"products replayed alone, same rounds): {same['floor_ratio']:.2f}x {REFERENCE}'s epoch"
+        )
+        typer.echo(
+            f"  arithmetic floor {1000 * same['floor_step_seconds']:.1f} + "
+            f"{1000 * same['graph_floor_step_seconds']:.1f} ms per step (graph products too): "
+            f"{same['arithmetic_floor_ratio']:.2f}x {REFERENCE}'s epoch; the epoch takes "
+            f"{same['floor_headroom']:.2f}x its floor, {REFERENCE}'s "
+            f"{same['reference_floor_headroom']:.2f}x its own"
             + (
                 f"; validation floor {same['eval_floor_ratio']:.2f}x"
                 if "eval_floor_ratio" in same
@@ -845,8 +909,8 @@ def _print_single(r: dict[str, Any]) -> None:
 
 def _print_table(report: dict[str, Any]) -> None:
     head = (
-        "model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "floor 1p", "valid s", "x ref",
-        "x ref 1p", "floor 1p", "RSS MiB",
+        "model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "floor 1p", "arith 1p",
+        "x own", "valid s", "x ref", "x ref 1p", "floor 1p", "RSS MiB",
     )
     table = [head]
     for r in report["models"]:
@@ -861,6 +925,8 @@ def _print_table(report: dict[str, Any]) -> None:
                 _ratio(r.get("epoch_ratio_same_process")),
                 *(_s(p.get(k)) for k in PART_COLUMNS),
                 _ratio(r.get("floor_ratio_same_process")),
+                _ratio(r.get("arithmetic_floor_ratio_same_process")),
+                _ratio(r.get("floor_headroom")),
                 _s(r["eval_seconds"]),
                 _ratio(r.get("eval_ratio")),
                 _ratio(r.get("eval_ratio_same_process")),
@@ -884,7 +950,8 @@ def _print_table(report: dict[str, Any]) -> None:
             f"x ref 1p: ratios from steps and validations timed in turns with {REFERENCE} in "
             "the model's own process (the targets judge them); floor 1p: an epoch of the "
             f"model's matrix products alone, timed in the same turns, x {REFERENCE}'s epoch, "
-            "and a validation of them plus the evaluator's own work"
+            "and a validation of its products plus the evaluator's own work; arith 1p: the "
+            "matrix and graph products; x own: the epoch over its arithmetic floor"
         )
     over = [r["model"] for r in report["models"] if r.get("within_targets") is False]
     if over:
@@ -901,7 +968,7 @@ def _print_table(report: dict[str, Any]) -> None:
     ]
     if below:
         typer.echo(
-            "target below the model's own dense floor (not reachable without computing "
+            "target below the model's own arithmetic floor (not reachable without computing "
             "something else): " + ", ".join(below)
         )
 
