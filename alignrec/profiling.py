@@ -99,9 +99,15 @@ def _stand_in_layout(x: Any) -> Any:
 
 
 class _Recorder(TorchDispatchMode):
+    """Records the products, and counts the dense ones' FLOPs by torch.utils.flop_counter's
+    formulas (``FlopCounterMode`` itself is not used: its module tracker hooks every module's
+    outputs for their gradients, and fails on a module called under ``no_grad`` with inputs
+    that require them, as in a validation)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[Call] = []
+        self.flops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -110,7 +116,10 @@ class _Recorder(TorchDispatchMode):
             self.calls.append(
                 Call(func, tree_map(_stand_in_layout, args), tree_map(_stand_in_layout, kwargs), kind)
             )
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if kind == DENSE:
+            self.flops += int(flop_registry[func.overloadpacket](*args, **kwargs, out_val=out))
+        return out
 
 
 class ProductReplay:
@@ -128,11 +137,9 @@ class ProductReplay:
     def capture(cls, fn: Callable[[], Any]) -> ProductReplay:
         """Run ``fn`` once (with its effects: a training step trains) and record its products,
         counting the dense ones' FLOPs on the way."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter, _Recorder() as recorder:
+        with _Recorder() as recorder:
             fn()
-        return cls(recorder.calls, int(counter.get_total_flops()))
+        return cls(recorder.calls, recorder.flops)
 
     def only(self, kind: str) -> ProductReplay:
         """The calls of one kind, as a replay of their own (FLOPs kept for the dense ones)."""

@@ -101,6 +101,20 @@ def test_graph_products_keep_the_graphs_indices_and_replay_the_same_calls():
     assert again.calls[0].args[1] is cols
 
 
+def test_a_module_called_without_grad_on_views_of_a_parameter_is_captured():
+    """Under ``no_grad`` a view of a parameter still requires grad, without a grad_fn (as a
+    validation splits an embedding table between users and items): capturing it must not
+    try to hook its gradient."""
+    table = torch.nn.Parameter(torch.randn(6, 3))
+    linear = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        users, _ = table.split([4, 2])
+        assert users.requires_grad and users.grad_fn is None
+        replay = ProductReplay.capture(lambda: linear(users))
+    assert [str(c.op).split(".")[1] for c in replay.calls] == ["addmm"]
+    assert replay.flops == 2 * 4 * 3 * 2
+
+
 def test_operators_are_sorted_into_kinds():
     aten = torch.ops.aten
     assert product_kind(aten.mm.default) == DENSE

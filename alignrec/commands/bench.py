@@ -339,7 +339,8 @@ def bench_speed(
         )
         same_process.update(
             arithmetic_floor_ratio=arithmetic / ref_epoch,
-            floor_headroom=model_epoch / arithmetic,
+            # a model without products (BPR) has no floor to run near
+            floor_headroom=model_epoch / arithmetic if len(products) else float("nan"),
             reference_floor_headroom=(
                 ref_epoch / (same_process["reference_floor_step_seconds"] * n_batches)
             ),
