@@ -893,9 +893,13 @@ def _print_single(r: dict[str, Any]) -> None:
         typer.echo(
             f"  arithmetic floor {1000 * same['floor_step_seconds']:.1f} + "
             f"{1000 * same['graph_floor_step_seconds']:.1f} ms per step (graph products too): "
-            f"{same['arithmetic_floor_ratio']:.2f}x {REFERENCE}'s epoch; the epoch takes "
-            f"{same['floor_headroom']:.2f}x its floor, {REFERENCE}'s "
-            f"{same['reference_floor_headroom']:.2f}x its own"
+            f"{same['arithmetic_floor_ratio']:.2f}x {REFERENCE}'s epoch; "
+            + (
+                f"the epoch takes {same['floor_headroom']:.2f}x its floor"
+                if math.isfinite(same["floor_headroom"])
+                else "no products to run near"
+            )
+            + f", {REFERENCE}'s {same['reference_floor_headroom']:.2f}x its own"
             + (
                 f"; validation floor {same['eval_floor_ratio']:.2f}x"
                 if "eval_floor_ratio" in same
