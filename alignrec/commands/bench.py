@@ -753,32 +753,8 @@ def profile_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if "skipped" in r:
-            continue
-        parts = r.get("parts_seconds") or {}
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["model"],
-                    _s(r["epoch_seconds"]),
-                    _ratio(r.get("epoch_ratio")),
-                    _ratio(r.get("epoch_ratio_same_process")),
-                    *(_s(parts.get(p)) for p in PART_COLUMNS),
-                    _s(r.get("dense_gflop_per_step")),
-                    _s(r.get("dense_floor_seconds")),
-                    _ratio(r.get("floor_ratio_same_process")),
-                    _ratio(r.get("arithmetic_floor_ratio_same_process")),
-                    _ratio(r.get("floor_headroom")),
-                    _s(r["eval_seconds"]),
-                    _ratio(r.get("eval_ratio")),
-                    _ratio(r.get("eval_ratio_same_process")),
-                    _ratio(r.get("eval_floor_ratio_same_process")),
-                    f"{r['peak_rss_mib']:.0f}",
-                ]
-            )
-            + " |"
-        )
+        if "skipped" not in r:
+            lines.append("| " + " | ".join(_row_cells(r, flop_count=True)) + " |")
     lines.append("")
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
@@ -830,6 +806,29 @@ def profile_markdown(report: dict[str, Any]) -> str:
     )
     lines.append(how)
     return "\n".join(lines) + "\n"
+
+
+def _row_cells(r: dict[str, Any], flop_count: bool) -> list[str]:
+    """A measured row's cells, in the order of the profile's columns; ``flop_count``: with the
+    FLOP count's two (dense GFLOP per step and its floor at the GEMM rate)."""
+    parts = r.get("parts_seconds") or {}
+    flops = [_s(r.get("dense_gflop_per_step")), _s(r.get("dense_floor_seconds"))]
+    return [
+        r["model"],
+        _s(r["epoch_seconds"]),
+        _ratio(r.get("epoch_ratio")),
+        _ratio(r.get("epoch_ratio_same_process")),
+        *(_s(parts.get(p)) for p in PART_COLUMNS),
+        *(flops if flop_count else []),
+        _ratio(r.get("floor_ratio_same_process")),
+        _ratio(r.get("arithmetic_floor_ratio_same_process")),
+        _ratio(r.get("floor_headroom")),
+        _s(r["eval_seconds"]),
+        _ratio(r.get("eval_ratio")),
+        _ratio(r.get("eval_ratio_same_process")),
+        _ratio(r.get("eval_floor_ratio_same_process")),
+        f"{r['peak_rss_mib']:.0f}",
+    ]
 
 
 def _gemm_range(rows: list[dict[str, Any]]) -> str:
@@ -917,28 +916,8 @@ def _print_table(report: dict[str, Any]) -> None:
         "model", "epoch s", "x ref", "x ref 1p", *PART_COLUMNS, "floor 1p", "arith 1p",
         "x own", "valid s", "x ref", "x ref 1p", "floor 1p", "RSS MiB",
     )
-    table = [head]
-    for r in report["models"]:
-        if "skipped" in r:
-            continue
-        p = r.get("parts_seconds") or {}
-        table.append(
-            (
-                r["model"],
-                _s(r["epoch_seconds"]),
-                _ratio(r.get("epoch_ratio")),
-                _ratio(r.get("epoch_ratio_same_process")),
-                *(_s(p.get(k)) for k in PART_COLUMNS),
-                _ratio(r.get("floor_ratio_same_process")),
-                _ratio(r.get("arithmetic_floor_ratio_same_process")),
-                _ratio(r.get("floor_headroom")),
-                _s(r["eval_seconds"]),
-                _ratio(r.get("eval_ratio")),
-                _ratio(r.get("eval_ratio_same_process")),
-                _ratio(r.get("eval_floor_ratio_same_process")),
-                f"{r['peak_rss_mib']:.0f}",
-            )
-        )
+    table = [list(head)]
+    table += [_row_cells(r, flop_count=False) for r in report["models"] if "skipped" not in r]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
         typer.echo(
