@@ -3,9 +3,9 @@
 :class:`ProductReplay` records two kinds of products a function runs, forward and backward:
 
 - **dense**: the operators ``torch.utils.flop_counter`` counts (``mm``, ``addmm``, ``bmm``,
-  ``baddbmm``, convolutions, attention);
+  ``baddbmm``, convolutions, attention), on dense operands;
 - **graph**: the sums over a graph's edges (``embedding_bag`` and its backward kernels,
-  sparse-dense ``mm``) and the per-edge dot products (``sampled_addmm``), the kernels that
+  a product with a sparse operand) and the per-edge dot products (``sampled_addmm``), the kernels that
   propagate over the user-item and item-item graphs.
 
 Each call is kept with its floating-point operands' shapes, strides and dtypes and its other
@@ -77,16 +77,19 @@ class Call:
     op: Any  # torch._ops.OpOverload
     args: tuple
     kwargs: dict
-    kind: str = DENSE
+    kind: str
 
 
-def product_kind(func: Any) -> str | None:
-    """:data:`DENSE`, :data:`GRAPH` or None (not a product) for an ATen operator overload."""
+def product_kind(func: Any, args: tuple = ()) -> str | None:
+    """:data:`DENSE`, :data:`GRAPH` or None (not a product) for an ATen operator overload
+    called on ``args``: a matrix product with a sparse operand (a CSR graph times a table,
+    as ``torch.sparse.mm`` and ``@`` dispatch it) is a graph product."""
     packet = getattr(func, "overloadpacket", None)
-    if packet in flop_registry:
-        return DENSE
     if packet in GRAPH_PRODUCTS:
         return GRAPH
+    if packet in flop_registry:
+        sparse = any(isinstance(a, torch.Tensor) and a.layout != torch.strided for a in args)
+        return GRAPH if sparse else DENSE
     return None
 
 
@@ -111,7 +114,7 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        kind = product_kind(func)
+        kind = product_kind(func, args)
         if kind is not None:
             self.calls.append(
                 Call(func, tree_map(_stand_in_layout, args), tree_map(_stand_in_layout, kwargs), kind)

@@ -10,11 +10,11 @@ from alignrec.profiling import DENSE, GRAPH, Layout, ProductReplay, product_kind
 
 
 def _signatures(replay: ProductReplay) -> list[tuple]:
-    return [(str(c.op), c.kind, _layouts(c.args), tuple(sorted(c.kwargs.items())))
+    return [(str(c.op), c.kind, _kept_by_identity(c.args), tuple(sorted(c.kwargs.items())))
             for c in replay.calls]
 
 
-def _layouts(args: tuple) -> tuple:
+def _kept_by_identity(args: tuple) -> tuple:
     """Arguments with a kept tensor by its identity (a replay passes the same one again)."""
     return tuple(id(a) if isinstance(a, torch.Tensor) else a for a in args)
 
@@ -101,6 +101,18 @@ def test_graph_products_keep_the_graphs_indices_and_replay_the_same_calls():
     assert again.calls[0].args[1] is cols
 
 
+def test_a_product_with_a_sparse_graph_is_a_graph_product_without_dense_flops():
+    """``csr @ table`` and its gradient (``csrᵀ @ grad``) dispatch to ``mm`` with a sparse
+    operand: graph products, the pattern kept, none of them counted as dense FLOPs."""
+    graph = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).to_sparse_csr()
+    table = torch.randn(3, 4, requires_grad=True)
+    replay = ProductReplay.capture(lambda: (graph @ table).sum().backward())
+    assert replay.calls and {c.kind for c in replay.calls} == {GRAPH}
+    assert replay.flops == 0 and len(replay.dense) == 0
+    assert replay.calls[0].args[0] is graph
+    replay.run()
+
+
 def test_a_module_called_without_grad_on_views_of_a_parameter_is_captured():
     """Under ``no_grad`` a view of a parameter still requires grad, without a grad_fn (as a
     validation splits an embedding table between users and items): capturing it must not
@@ -118,6 +130,8 @@ def test_a_module_called_without_grad_on_views_of_a_parameter_is_captured():
 def test_operators_are_sorted_into_kinds():
     aten = torch.ops.aten
     assert product_kind(aten.mm.default) == DENSE
+    graph = torch.eye(3).to_sparse_csr()
+    assert product_kind(aten.mm.default, (graph, torch.ones(3, 2))) == GRAPH
     assert product_kind(aten._embedding_bag.default) == GRAPH
     assert product_kind(aten.sparse_sampled_addmm.default) == GRAPH
     assert product_kind(aten.index_select.default) is None  # a lookup, not a product

@@ -703,8 +703,6 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["validation_target_below_floor"] = (
                 r["eval_floor_ratio_same_process"] > TARGETS["validation"]
             )
-
-
     # how near the reference runs to its own products: measured in every model's process
     if ref is not None:
         headroom = [
